@@ -1,0 +1,49 @@
+"""Small helpers shared across keras_edu modules."""
+
+import keras
+
+
+def output_width(model):
+    """The size of the last axis of a model's single output, or `None`."""
+    try:
+        shape = model.output_shape
+    except (AttributeError, ValueError, RuntimeError):
+        return None
+    if isinstance(shape, (list, dict)):
+        return None
+    return None if not shape else shape[-1]
+
+
+def input_shape_of(model):
+    """The shape of a model's single input without its batch axis, or `None`."""
+    inputs = getattr(model, "inputs", None)
+    if not inputs or len(inputs) != 1:
+        return None
+    return tuple(inputs[0].shape[1:])
+
+
+def ends_in_softmax(model):
+    """True when a functional/sequential model's last layer applies softmax."""
+    layers = getattr(model, "layers", None)
+    if not layers:
+        return False
+    last = layers[-1]
+    if isinstance(last, keras.layers.Softmax):
+        return True
+    return getattr(last, "activation", None) is keras.activations.softmax
+
+
+def check_probability(value, name):
+    if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ValueError(
+            f"`{name}` must be a number in [0, 1]. Received: {name}={value!r}."
+        )
+    return float(value)
+
+
+def check_positive(value, name):
+    if not isinstance(value, (int, float)) or value <= 0:
+        raise ValueError(
+            f"`{name}` must be a positive number. Received: {name}={value!r}."
+        )
+    return float(value)
