@@ -1,8 +1,23 @@
 """keras-edu: education distillation and adaptive multi-teacher distillation for Keras 3."""
 
+from keras_edu import layers
 from keras_edu import losses
+from keras_edu.curriculum import CurriculumDataset
 from keras_edu.distiller import Distiller
+from keras_edu.grade_callback import GradeCallback
+from keras_edu.graded_student import GradedStudent
+from keras_edu.partition import ClassPartition
 from keras_edu.teacher import Teacher
 from keras_edu.version import __version__
 
-__all__ = ["Distiller", "Teacher", "losses", "__version__"]
+__all__ = [
+    "ClassPartition",
+    "CurriculumDataset",
+    "Distiller",
+    "GradeCallback",
+    "GradedStudent",
+    "Teacher",
+    "layers",
+    "losses",
+    "__version__",
+]

@@ -60,3 +60,74 @@ def _permutation_to_sorted(classes):
     if np.array_equal(order, np.arange(len(classes))):
         return None
     return order.astype("int32")
+
+
+class GroupBranch:
+    """How one curriculum group is distilled at a given grade.
+
+    Attributes:
+        student_columns: Positions of the group's classes in the grade's
+            student logits.
+        members: `(teacher_index, teacher_columns)` pairs: the teachers that
+            cover the group and the positions of the group's classes in each
+            teacher's logits.
+    """
+
+    def __init__(self, student_columns, members):
+        self.student_columns = np.asarray(student_columns, dtype="int32")
+        self.members = members
+
+
+class GradeRouting:
+    """Routing at one grade of education distillation.
+
+    Batches are homogeneous in group, so a step distils with the teachers of
+    the batch's group only: one `GroupBranch` per group seen at this grade.
+
+    Args:
+        partition: The `keras_edu.ClassPartition` of the curriculum.
+        grade: The grade (1-based).
+        teacher_classes: One tuple of global class ids per teacher.
+    """
+
+    def __init__(self, partition, grade, teacher_classes):
+        self.grade = grade
+        self.seen_classes = partition.classes_up_to(grade)
+        # label_to_column[c] is class c's logit at this grade, -1 if unseen.
+        self.label_to_column = np.full((partition.num_classes,), -1, "int32")
+        self.label_to_column[self.seen_classes] = np.arange(
+            len(self.seen_classes), dtype="int32"
+        )
+        self.group_table = partition.group_of(np.arange(partition.num_classes)).astype(
+            "int32"
+        )
+        self.branches = []
+        for group in partition.groups[:grade]:
+            members = []
+            for k, classes in enumerate(teacher_classes):
+                position = {c: i for i, c in enumerate(classes)}
+                if all(c in position for c in group):
+                    members.append((k, np.asarray([position[c] for c in group], "int32")))
+            self.branches.append(
+                GroupBranch(self.label_to_column[group], members)
+            )
+        self.group_has_teacher = np.asarray(
+            [1.0 if b.members else 0.0 for b in self.branches], "float32"
+        )
+
+
+def check_curriculum_teachers(partition, teacher_classes):
+    """Every teacher is a specialist of one group or a generalist of all."""
+    groups = {frozenset(g): i for i, g in enumerate(partition.groups)}
+    everything = frozenset(range(partition.num_classes))
+    for k, classes in enumerate(teacher_classes):
+        class_set = frozenset(classes)
+        if class_set in groups or class_set == everything:
+            continue
+        raise ValueError(
+            f"`teachers[{k}]` covers classes {sorted(class_set)[:12]}"
+            f"{'...' if len(class_set) > 12 else ''}, which is neither one "
+            "group of the student's partition nor all classes. A specialist "
+            "must cover exactly its group's classes; the groups are "
+            f"{[g if len(g) <= 12 else g[:12] + ['...'] for g in partition.groups]}."
+        )

@@ -1,0 +1,259 @@
+"""`CurriculumDataset`: homogeneous-group batches of the classes seen so far."""
+
+import gc
+import math
+
+import keras
+import numpy as np
+
+from keras_edu.partition import ClassPartition
+
+ORDERS = ("interleaved", "sequential")
+
+
+class CurriculumDataset(keras.utils.PyDataset):
+    """Batches of groups `1..grade` only, each batch drawn from one group.
+
+    Grade `g` of education distillation trains on the samples of groups
+    `1..g` (earlier groups are replayed). Every batch holds samples of a
+    single group, so each training step runs only that group's teacher.
+    Samples of later groups are never read, so they cost nothing.
+
+    `keras_edu.Distiller.fit` builds one for you from arrays or a
+    `tf.data.Dataset` when the student is a `GradedStudent`; build one
+    yourself to control it.
+
+    Args:
+        x: Inputs: a NumPy array, or an unbatched `tf.data.Dataset` of
+            `(input, label)` pairs (then `y` must be None).
+        y: Integer class ids (global), shape `(N,)` or `(N, 1)`, or one-hot
+            `(N, num_classes)`; with arrays only.
+        partition: The `keras_edu.ClassPartition` of the curriculum.
+        batch_size: Samples per batch. Defaults to 32.
+        order: `"interleaved"` (default): the homogeneous batches of all seen
+            groups in a random order each epoch. `"sequential"`: all batches
+            of group 1, then group 2, ..., as the reference code does.
+        shuffle: Shuffle samples within each group every epoch (arrays).
+        seed: Seed of the shuffles.
+        grade: The grade to start at (1-based).
+
+    Example:
+
+    ```python
+    import numpy as np
+    import keras_edu
+
+    x = np.random.rand(90, 8).astype("float32")
+    y = np.repeat(np.arange(9), 10)
+    partition = keras_edu.ClassPartition.contiguous(9, "1:1:1")
+    data = keras_edu.CurriculumDataset(x, y, partition=partition, batch_size=8)
+    len(data)  # 4 batches: the 30 samples of group 1
+    data.set_grade(3)
+    len(data)  # 12 batches: 4 per group
+    ```
+    """
+
+    def __init__(
+        self,
+        x,
+        y=None,
+        *,
+        partition,
+        batch_size=32,
+        order="interleaved",
+        shuffle=True,
+        seed=None,
+        grade=1,
+    ):
+        super().__init__()
+        if not isinstance(partition, ClassPartition):
+            raise ValueError(
+                "`partition` must be a `keras_edu.ClassPartition`. Received: "
+                f"partition={partition!r}."
+            )
+        if order not in ORDERS:
+            raise ValueError(
+                f"`order` must be one of {ORDERS}. Received: order={order!r}."
+            )
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(
+                f"`batch_size` must be a positive integer. Received: "
+                f"batch_size={batch_size!r}."
+            )
+        self.partition = partition
+        self.batch_size = batch_size
+        self.order = order
+        self.shuffle = shuffle
+        self._rng = np.random.default_rng(seed)
+        self._source = _make_source(x, y, partition, batch_size, self._rng)
+        self.grade = grade
+        self._plan = self._make_plan()
+
+    @property
+    def num_batches(self):
+        return sum(self._source.num_batches[: self.grade])
+
+    def __len__(self):
+        return self.num_batches
+
+    def set_grade(self, grade):
+        """Serve the groups `1..grade` from the next epoch on."""
+        self.partition._check_grade(grade)
+        self.grade = grade
+        self._plan = self._make_plan()
+        _refresh_keras_epoch_iterators(self)
+
+    def batches_per_group(self):
+        """Number of batches of each group in one epoch."""
+        return list(self._source.num_batches)
+
+    def on_epoch_begin(self):
+        self._plan = self._make_plan()
+
+    def __getitem__(self, index):
+        group, batch = self._plan[index]
+        return self._source.batch(group, batch)
+
+    def _make_plan(self):
+        """One `(group, batch index)` entry per step of the coming epoch."""
+        self._source.start_epoch(self.shuffle)
+        plan = [
+            (group, batch)
+            for group in range(self.grade)
+            for batch in range(self._source.num_batches[group])
+        ]
+        if self.order == "interleaved":
+            permutation = self._rng.permutation(len(plan))
+            plan = [plan[i] for i in permutation]
+        return plan
+
+
+class _ArraySource:
+    """Per-group sample indices of in-memory arrays."""
+
+    def __init__(self, x, y, partition, batch_size, rng):
+        labels = _sparse_labels(y)
+        if len(labels) != len(x):
+            raise ValueError(
+                f"`x` and `y` must hold the same number of samples. Received "
+                f"{len(x)} inputs and {len(labels)} labels."
+            )
+        _check_label_range(labels, partition)
+        self.x, self.labels = x, labels.astype("int32")
+        groups = partition.group_of(self.labels)
+        self.indices = [np.flatnonzero(groups == k) for k in range(partition.num_groups)]
+        self.batch_size = batch_size
+        self.rng = rng
+        self.num_batches = [math.ceil(len(i) / batch_size) for i in self.indices]
+        self._order = [i.copy() for i in self.indices]
+
+    def start_epoch(self, shuffle):
+        self._order = [
+            self.rng.permutation(i) if shuffle else i.copy() for i in self.indices
+        ]
+
+    def batch(self, group, batch):
+        rows = self._order[group][batch * self.batch_size : (batch + 1) * self.batch_size]
+        return self.x[rows], self.labels[rows]
+
+
+class _TFDataSource:
+    """Per-group filtered views of an unbatched `tf.data.Dataset`."""
+
+    def __init__(self, dataset, partition, batch_size, rng):
+        import tensorflow as tf
+
+        labels = np.concatenate(
+            [np.reshape(b, (-1,)) for b in dataset.map(lambda x, y: y).batch(4096).as_numpy_iterator()]
+        ).astype("int64")
+        _check_label_range(labels, partition)
+        counts = np.bincount(partition.group_of(labels), minlength=partition.num_groups)
+        self.num_batches = [math.ceil(c / batch_size) for c in counts]
+        table = tf.constant(partition.group_of(np.arange(partition.num_classes)), tf.int32)
+        seed = int(rng.integers(2**31))
+        self._datasets = []
+        for k in range(partition.num_groups):
+            group = dataset.filter(
+                lambda x, y, k=k: tf.gather(table, tf.cast(tf.reshape(y, ()), tf.int32)) == k
+            )
+            group = group.shuffle(max(int(counts[k]), 1), seed=seed + k)
+            self._datasets.append(group.batch(batch_size).repeat())
+        self._iterators = [None] * partition.num_groups
+
+    def start_epoch(self, shuffle):
+        # Iterators repeat forever; an epoch takes exactly `num_batches`
+        # batches of each group, so epochs stay aligned with passes.
+        pass
+
+    def batch(self, group, batch):
+        if self._iterators[group] is None:
+            self._iterators[group] = self._datasets[group].as_numpy_iterator()
+        x, y = next(self._iterators[group])
+        return x, np.reshape(y, (-1,)).astype("int32")
+
+
+def _make_source(x, y, partition, batch_size, rng):
+    if _is_tf_dataset(x):
+        if y is not None:
+            raise ValueError(
+                "With a `tf.data.Dataset` as `x`, pass `y=None`: the dataset "
+                "must yield `(input, label)` pairs."
+            )
+        return _TFDataSource(x, partition, batch_size, rng)
+    if y is None:
+        raise ValueError(
+            "`y` is required with array inputs: pass the integer class ids "
+            "(or one-hot labels) of `x`."
+        )
+    return _ArraySource(np.asarray(x), np.asarray(y), partition, batch_size, rng)
+
+
+def _is_tf_dataset(x):
+    return type(x).__module__.startswith("tensorflow") and hasattr(x, "element_spec")
+
+
+def _sparse_labels(y):
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] > 1:
+        return np.argmax(y, axis=1)
+    return np.reshape(y, (-1,))
+
+
+def _check_label_range(labels, partition):
+    if labels.size and (labels.min() < 0 or labels.max() >= partition.num_classes):
+        raise ValueError(
+            f"Labels must be class ids in [0, {partition.num_classes}) to match "
+            f"`partition`. Received labels in [{labels.min()}, {labels.max()}]."
+        )
+
+
+def _refresh_keras_epoch_iterators(py_dataset):
+    """Tells Keras's running epoch iterators that the dataset changed length.
+
+    `fit()` reads a PyDataset's `num_batches` once, when it builds its
+    epoch iterator, and then runs that many steps every epoch. A grade
+    switch changes the number of batches between epochs, so we update the
+    cached count on the iterator(s) that serve this dataset.
+    """
+    from keras.src.trainers.epoch_iterator import EpochIterator
+
+    for adapter in _owners_of(py_dataset):
+        if getattr(adapter, "py_dataset", None) is not py_dataset:
+            continue
+        for iterator in _owners_of(adapter):
+            if isinstance(iterator, EpochIterator) and iterator.data_adapter is adapter:
+                iterator._num_batches = py_dataset.num_batches
+
+
+def _owners_of(obj):
+    """Objects holding a reference to `obj` in an attribute."""
+    owners = []
+    for referrer in gc.get_referrers(obj):
+        if isinstance(referrer, dict):
+            owners.extend(
+                o for o in gc.get_referrers(referrer)
+                if getattr(o, "__dict__", None) is referrer
+            )
+        else:
+            owners.append(referrer)
+    return owners

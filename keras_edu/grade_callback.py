@@ -1,0 +1,150 @@
+"""`GradeCallback`: grows a graded student at epoch boundaries inside `fit()`."""
+
+import bisect
+
+import keras
+
+from keras_edu.curriculum import ORDERS
+
+
+class GradeCallback(keras.callbacks.Callback):
+    """Moves a `keras_edu.Distiller`'s graded student up one grade at each boundary.
+
+    Grade `g + 1` starts at epoch `boundaries[g - 1]` (0-based epochs, as
+    in `fit`). At a boundary the Distiller builds the next grade's student
+    (surviving layers keep their weights, the new stage and
+    teaching-reference block are freshly initialised, the old block is
+    dropped), rebuilds the optimizer and its train function, and widens the
+    curriculum to the next group of classes and its teacher. Everything
+    happens inside one `fit()` call: learning-rate schedules, History,
+    ModelCheckpoint, EarlyStopping and the other callbacks see one run, and
+    every epoch's logs carry the `grade`.
+
+    Args:
+        boundaries: Strictly increasing epochs at which grades 2..K start;
+            one per grade after the first.
+        optimizer_state: `"reset"` (default, as the reference code: fresh
+            optimizer slots, e.g. momentum) or `"carry"` (keep the slots of
+            the variables that survive the switch). The iteration count and
+            the current learning rate always carry over.
+        init_new_head_from_old: Copy the rows of the classes already seen
+            from the old classifier into the new one when shapes allow.
+            Defaults to False (faithful to the method).
+        order: Batch order of the curriculum built by `Distiller.fit`:
+            `"interleaved"` (default; homogeneous batches of all seen groups
+            in random order) or `"sequential"` (all group-1 batches, then
+            group 2, ..., as the reference code).
+        seed: Seed of the curriculum's shuffles.
+
+    Example:
+
+    ```python
+    import keras, numpy as np
+    import keras_edu
+
+    partition = keras_edu.ClassPartition.contiguous(6, "1:1:1")
+    def stage(filters):
+        return keras.Sequential([keras.layers.Conv2D(filters, 3, padding="same"),
+                                 keras.layers.ReLU()])
+    head = keras.Sequential([keras.layers.GlobalAveragePooling2D(),
+                             keras.layers.Dense(6)])
+    student = keras_edu.GradedStudent([stage(4), stage(8), stage(8)], head,
+                                      partition, input_shape=(8, 8, 1))
+    def specialist(classes):
+        model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                                  keras.layers.Dense(len(classes))])
+        return keras_edu.Teacher(model, classes=classes)
+    teachers = [specialist(g) for g in partition.groups]
+    distiller = keras_edu.Distiller(student, teachers)
+    distiller.compile(optimizer="sgd", metrics=["accuracy"])
+    x = np.random.rand(60, 8, 8, 1).astype("float32")
+    y = np.repeat(np.arange(6), 10)
+    history = distiller.fit(x, y, epochs=3, batch_size=10, verbose=0,
+                            callbacks=[keras_edu.GradeCallback(boundaries=[1, 2])])
+    history.history["grade"]  # [1, 2, 3]
+    final = distiller.graduate()  # the target architecture, 6 logits
+    ```
+    """
+
+    def __init__(
+        self,
+        boundaries,
+        optimizer_state="reset",
+        init_new_head_from_old=False,
+        order="interleaved",
+        seed=None,
+    ):
+        super().__init__()
+        self.boundaries = _check_boundaries(boundaries)
+        if optimizer_state not in ("reset", "carry"):
+            raise ValueError(
+                "`optimizer_state` must be 'reset' or 'carry'. Received: "
+                f"optimizer_state={optimizer_state!r}."
+            )
+        if order not in ORDERS:
+            raise ValueError(f"`order` must be one of {ORDERS}. Received: order={order!r}.")
+        self.optimizer_state = optimizer_state
+        self.init_new_head_from_old = bool(init_new_head_from_old)
+        self.order = order
+        self.seed = seed
+
+    def grade_at(self, epoch):
+        """The grade (1-based) that trains during `epoch` (0-based)."""
+        return 1 + bisect.bisect_right(self.boundaries, epoch)
+
+    def validate(self, distiller, epochs):
+        """Checks the schedule against the distiller and the epoch budget."""
+        graded = getattr(distiller, "graded_student", None)
+        if graded is None:
+            raise ValueError(
+                "GradeCallback needs a `keras_edu.Distiller` whose student is "
+                "a `keras_edu.GradedStudent`; this model has no grades. Remove "
+                "the callback or build the student with `GradedStudent`."
+            )
+        if len(self.boundaries) != graded.num_grades - 1:
+            raise ValueError(
+                f"The student has {graded.num_grades} grades, so `boundaries` "
+                f"needs {graded.num_grades - 1} epochs (one per grade after the "
+                f"first). Received: boundaries={self.boundaries}."
+            )
+        if self.boundaries and self.boundaries[-1] >= epochs:
+            raise ValueError(
+                f"`boundaries` must be < epochs={epochs}, or the last grades "
+                f"never train. Received: boundaries={self.boundaries}."
+            )
+
+    def on_train_begin(self, logs=None):
+        self.validate(self.model, self.params.get("epochs", float("inf")))
+
+    def on_epoch_begin(self, epoch, logs=None):
+        grade = self.grade_at(epoch)
+        if grade != self.model.grade:
+            self.model.set_grade(
+                grade,
+                optimizer_state=self.optimizer_state,
+                init_new_head_from_old=self.init_new_head_from_old,
+            )
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["grade"] = self.model.grade
+
+
+def _check_boundaries(boundaries):
+    values = list(boundaries) if isinstance(boundaries, (list, tuple)) else None
+    if values is None or not all(isinstance(b, int) for b in values):
+        raise ValueError(
+            "`boundaries` must be a list of integer epochs. Received: "
+            f"boundaries={boundaries!r}."
+        )
+    if any(b < 1 for b in values):
+        raise ValueError(
+            "`boundaries` must be >= 1: grade 1 trains from epoch 0. Received: "
+            f"boundaries={values}."
+        )
+    if any(b >= a for a, b in zip(values[1:], values[:-1])):
+        raise ValueError(
+            "`boundaries` must be strictly increasing. Received: "
+            f"boundaries={values}."
+        )
+    return values
