@@ -2,6 +2,7 @@
 
 from keras_edu import layers
 from keras_edu import losses
+from keras_edu import models
 from keras_edu.curriculum import CurriculumDataset
 from keras_edu.distiller import Distiller
 from keras_edu.grade_callback import GradeCallback
@@ -19,5 +20,6 @@ __all__ = [
     "Teacher",
     "layers",
     "losses",
+    "models",
     "__version__",
 ]

@@ -134,6 +134,9 @@ class Distiller(keras.Model):
         self._logging_distillation = False
         # (CurriculumDataset, CallbackList) of the running `fit`, if graded.
         self._fit_context = None
+        # Student and teachers arrive built; so is the Distiller (callbacks
+        # such as BackupAndRestore need a built model before `fit`).
+        self.built = self._student.built
 
     @property
     def student(self):
@@ -154,6 +157,10 @@ class Distiller(keras.Model):
                 f"`loss` on the Distiller instead. Received: loss={loss!r}."
             )
         super().compile(optimizer=optimizer, metrics=metrics, **kwargs)
+
+    def build(self, input_shape=None):
+        # Student and teachers are built models; nothing else holds state.
+        self.built = True
 
     def call(self, inputs, training=None):
         return self._student(inputs, training=training)
@@ -712,8 +719,9 @@ def _resumed_epoch(callbacks, initial_epoch):
         if isinstance(callback, keras.callbacks.BackupAndRestore):
             path = callback._training_metadata_path
             if os.path.exists(path):
+                # Keras records the epoch training resumes at.
                 with open(path) as f:
-                    return json.load(f)["epoch"] + 1
+                    return json.load(f)["epoch"]
     return initial_epoch
 
 

@@ -1,0 +1,496 @@
+"""Education distillation: partitions, TR blocks, graded students, grade switches."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+import keras_edu
+from keras_edu.layers import TeachingReference
+
+BACKEND = keras.backend.backend()
+
+
+# --------------------------------------------------------------- builders
+
+
+def _stage(filters, strides=1, name=None):
+    return keras.Sequential(
+        [
+            keras.layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False),
+            keras.layers.BatchNormalization(),
+            keras.layers.ReLU(),
+        ],
+        name=name,
+    )
+
+
+def _graded_student(partition, input_shape=(8, 8, 1)):
+    head = keras.Sequential(
+        [keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(partition.num_classes)],
+        name="head",
+    )
+    stages = [_stage(4, name="s1"), _stage(8, 2, name="s2"), _stage(8, 2, name="s3")]
+    return keras_edu.GradedStudent(stages, head, partition, input_shape=input_shape)
+
+
+class _CallCounter(keras.layers.Layer):
+    """Counts how many times its call *executes* (not traces), per backend."""
+
+    def __init__(self, counts, key, **kwargs):
+        super().__init__(**kwargs)
+        # A closure, not an attribute: Keras would track (copy) a dict.
+        def bump(*args):
+            counts[key] = counts.get(key, 0) + 1
+            return np.zeros((), "float32")
+
+        self._bump = bump
+
+    def call(self, inputs):
+        if BACKEND == "tensorflow":
+            import tensorflow as tf
+
+            tf.numpy_function(self._bump, [], Tout=tf.float32, stateful=True)
+        elif BACKEND == "jax":
+            import jax
+
+            jax.debug.callback(self._bump)
+        else:
+            self._bump()
+        return inputs
+
+
+def _specialist(classes, input_shape=(8, 8, 1), counts=None, key=None):
+    layers = [keras.Input(input_shape)]
+    if counts is not None:
+        layers.append(_CallCounter(counts, key))
+    layers += [
+        keras.layers.Conv2D(4, 3, padding="same"),
+        keras.layers.BatchNormalization(),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(len(classes)),
+    ]
+    return keras_edu.Teacher(keras.Sequential(layers), classes=classes)
+
+
+def _data(num_classes=6, per_class=12, input_shape=(8, 8, 1), seed=0):
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(num_classes), per_class).astype("int32")
+    x = rng.normal(size=(len(y),) + input_shape).astype("float32") + y[:, None, None, None] * 0.1
+    return x, y
+
+
+def _distiller(partition=None, counts=None, **kwargs):
+    partition = partition or keras_edu.ClassPartition.contiguous(6, "1:1:1")
+    student = _graded_student(partition)
+    teachers = [
+        _specialist(g, counts=counts, key=k) for k, g in enumerate(partition.groups)
+    ]
+    distiller = keras_edu.Distiller(student, teachers, **kwargs)
+    return distiller
+
+
+def _values(variables):
+    return [ops.convert_to_numpy(v).copy() for v in variables]
+
+
+# --------------------------------------------------------------- ClassPartition
+
+
+def test_contiguous_partition_follows_the_method():
+    partition = keras_edu.ClassPartition.contiguous(100, "1:1:1")
+    bounds = [(g[0], g[-1] + 1) for g in partition.groups]
+    assert bounds == [(0, 33), (33, 66), (66, 100)]
+    assert partition.num_groups == 3
+    assert keras_edu.ClassPartition.contiguous(10, (1, 2, 2)).groups == [
+        [0, 1], [2, 3, 4, 5], [6, 7, 8, 9]
+    ]
+
+
+def test_shuffled_partition_is_seeded_and_complete():
+    a = keras_edu.ClassPartition.shuffled(20, "1:1", seed=3)
+    b = keras_edu.ClassPartition.shuffled(20, "1:1", seed=3)
+    c = keras_edu.ClassPartition.shuffled(20, "1:1", seed=4)
+    assert a == b and a != c
+    assert sorted(sum(a.groups, [])) == list(range(20))
+    assert [len(g) for g in a.groups] == [10, 10]
+
+
+def test_group_of_is_vectorised_for_numpy_and_tensors():
+    partition = keras_edu.ClassPartition.from_groups([[0, 3], [1, 4], [2, 5]])
+    labels = [0, 1, 2, 3, 4, 5]
+    np.testing.assert_array_equal(partition.group_of(labels), [0, 1, 2, 0, 1, 2])
+    tensor = partition.group_of(ops.convert_to_tensor(np.array(labels, "int32")))
+    np.testing.assert_array_equal(ops.convert_to_numpy(tensor), [0, 1, 2, 0, 1, 2])
+    assert partition.classes_up_to(2) == [0, 1, 3, 4]
+
+
+@pytest.mark.parametrize(
+    "build, match",
+    [
+        (lambda: keras_edu.ClassPartition.contiguous(10, "1:0:1"), "ratios"),
+        (lambda: keras_edu.ClassPartition.contiguous(10, "1;1"), "ratios"),
+        (lambda: keras_edu.ClassPartition.contiguous(2, "1:1:1"), "empty"),
+        (lambda: keras_edu.ClassPartition.from_groups([[0, 1], [1, 2]]), "exactly one group"),
+        (lambda: keras_edu.ClassPartition.from_groups([[0], []]), r"groups\[1\]"),
+        (lambda: keras_edu.ClassPartition.from_groups([[0, 2]]), "missing"),
+    ],
+)
+def test_partition_rejects_bad_input(build, match):
+    with pytest.raises(ValueError, match=match):
+        build()
+
+
+def test_classes_up_to_rejects_bad_grade():
+    partition = keras_edu.ClassPartition.contiguous(6)
+    with pytest.raises(ValueError, match="grade"):
+        partition.classes_up_to(4)
+
+
+# --------------------------------------------------------------- TeachingReference
+
+
+def test_teaching_reference_shape_and_parameter_count():
+    block = TeachingReference(num_classes=33, width=64)
+    out = block(np.random.rand(2, 8, 8, 16).astype("float32"))
+    assert tuple(out.shape) == (2, 33)
+    # conv 16*64 (no bias) + BN gamma/beta 2*64 + dense 64*33 + 33.
+    expected = 16 * 64 + 2 * 64 + 64 * 33 + 33
+    assert sum(int(np.prod(w.shape)) for w in block.trainable_weights) == expected
+
+
+def test_teaching_reference_config_round_trip_and_bfloat16():
+    block = TeachingReference(num_classes=5, width=7, name="tr")
+    clone = TeachingReference.from_config(block.get_config())
+    assert (clone.num_classes, clone.width, clone.name) == (5, 7, "tr")
+    policy = keras.mixed_precision.dtype_policy()
+    keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+    try:
+        out = TeachingReference(num_classes=3)(np.ones((1, 4, 4, 2), "float32"))
+        assert "bfloat16" in str(out.dtype)
+    finally:
+        keras.mixed_precision.set_dtype_policy(policy)
+
+
+# --------------------------------------------------------------- GradedStudent
+
+
+def test_head_width_follows_the_groups():
+    partition = keras_edu.ClassPartition.contiguous(6, "1:1:1")
+    student = _graded_student(partition)
+    widths = [student.model_for_grade(g).output_shape[-1] for g in (1, 2, 3)]
+    assert widths == [2, 4, 6]
+
+
+def test_graduate_is_the_target_architecture():
+    partition = keras_edu.ClassPartition.contiguous(6, "1:1:1")
+    student = _graded_student(partition)
+    final = student.graduate()
+    target = keras.Sequential(
+        [keras.Input((8, 8, 1)), _stage(4), _stage(8, 2), _stage(8, 2),
+         keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(6)]
+    )
+    assert final.count_params() == target.count_params()
+    assert not any(isinstance(l, TeachingReference) for l in final._flatten_layers())
+    assert final.output_shape == (None, 6)
+
+
+def test_graduated_student_loads_without_keras_edu(tmp_path):
+    import subprocess
+    import sys
+
+    student = _graded_student(keras_edu.ClassPartition.contiguous(6)).graduate()
+    path = str(tmp_path / "student.keras")
+    student.save(path)
+    code = (
+        "import sys, keras; m = keras.saving.load_model(sys.argv[1]); "
+        "assert 'keras_edu' not in sys.modules; print(m.output_shape)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, path], capture_output=True, text=True, check=True
+    )
+    assert "(None, 6)" in out.stdout
+
+
+def test_from_model_splits_a_functional_model():
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(4, 3, padding="same", name="c1")(inputs)
+    x = keras.layers.ReLU(name="stage1_out")(x)
+    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", name="c2")(x)
+    x = keras.layers.ReLU(name="stage2_out")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    outputs = keras.layers.Dense(4, name="logits")(x)
+    model = keras.Model(inputs, outputs)
+    partition = keras_edu.ClassPartition.contiguous(4, "1:1")
+    student = keras_edu.GradedStudent.from_model(
+        model, split_at=["stage1_out", "stage2_out"], partition=partition
+    )
+    assert student.model_for_grade(1).output_shape == (None, 2)
+    final = student.graduate()
+    assert final.count_params() == model.count_params()
+    # The split shares the trained layers: same predictions.
+    x = np.random.rand(3, 8, 8, 1).astype("float32")
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(final(x)), ops.convert_to_numpy(model(x)), atol=1e-5
+    )
+    with pytest.raises(ValueError, match="split_at"):
+        keras_edu.GradedStudent.from_model(model, ["stage1_out"], partition)
+    with pytest.raises(ValueError, match="nope"):
+        keras_edu.GradedStudent.from_model(model, ["stage1_out", "nope"], partition)
+
+
+def test_graded_student_rejects_bad_structure():
+    partition = keras_edu.ClassPartition.contiguous(6, "1:1:1")
+    head = keras.Sequential([keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(6)])
+    with pytest.raises(ValueError, match="3 groups"):
+        keras_edu.GradedStudent([_stage(4), _stage(8)], head, partition, (8, 8, 1))
+    dense_stage = keras.Sequential([keras.layers.Flatten(), keras.layers.Dense(5)])
+    with pytest.raises(ValueError, match="chain|cannot take"):
+        keras_edu.GradedStudent(
+            [_stage(4), dense_stage, _stage(8)], head, partition, (8, 8, 1)
+        )
+    wrong_head = keras.Sequential([keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(5)])
+    with pytest.raises(ValueError, match="outputs 5 logits"):
+        keras_edu.GradedStudent([_stage(4), _stage(8), _stage(8)], wrong_head, partition, (8, 8, 1))
+    bad_reference = keras.Sequential([keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3)])
+    with pytest.raises(ValueError, match="grade 1"):
+        keras_edu.GradedStudent(
+            [_stage(4), _stage(8), _stage(8)], head, partition, (8, 8, 1),
+            references=[bad_reference, TeachingReference(4)],
+        )
+
+
+# --------------------------------------------------------------- one fit(), three grades
+
+
+class _Recorder(keras.callbacks.Callback):
+    """Records, around each epoch, what the grade switch must preserve."""
+
+    def __init__(self):
+        super().__init__()
+        self.steps, self.param_steps, self.begin, self.end = [], [], {}, {}
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.count = 0
+        self.begin[epoch] = {
+            "grade": self.model.grade,
+            "trainable": list(self.model.trainable_variables),
+            "student": list(self.model.student.trainable_variables),
+            "student_values": _values(self.model.student.trainable_variables),
+            "stage1": _values(self.model.graded_student.stages[0].weights),
+            "iterations": int(ops.convert_to_numpy(self.model.optimizer.iterations)),
+        }
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.count += 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.steps.append(self.count)
+        self.param_steps.append(self.params["steps"])
+        self.end[epoch] = {
+            "stage1": _values(self.model.graded_student.stages[0].weights),
+            "iterations": int(ops.convert_to_numpy(self.model.optimizer.iterations)),
+        }
+
+
+def test_three_grades_in_one_fit():
+    keras.utils.set_random_seed(1)
+    counts = {}
+    distiller = _distiller(counts=counts)
+    distiller.compile(
+        optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
+        metrics=["accuracy"],
+        jit_compile=False,  # the TF call counter is a numpy_function
+    )
+    x, y = _data(per_class=12)
+    recorder = _Recorder()
+    counts.clear()  # torch runs symbolic builds for real; count training only
+    history = distiller.fit(
+        x, y, epochs=5, batch_size=8, verbose=0, validation_data=(x, y),
+        callbacks=[recorder, keras_edu.GradeCallback(boundaries=[2, 4])],
+    )
+    # Switches at the right epochs, and every epoch logs its grade.
+    assert history.history["grade"] == [1, 1, 2, 2, 3]
+    # Only groups 1..g are served: 24 samples per group, batches of 8.
+    assert recorder.steps == [3, 3, 6, 6, 9]
+    assert recorder.param_steps == [3, 3, 6, 6, 9]
+    # Exactly one teacher runs per step: the batch group's specialist.
+    assert sum(counts.values()) == sum(recorder.steps)
+    assert counts == {0: 3 + 3 + 3 + 3 + 3, 1: 3 + 3 + 3, 2: 3}
+    # The switch itself leaves surviving weights untouched, by value.
+    for boundary in (2, 4):
+        for before, after in zip(recorder.end[boundary - 1]["stage1"], recorder.begin[boundary]["stage1"]):
+            np.testing.assert_array_equal(before, after)
+        # The learning-rate clock continues across the switch.
+        assert recorder.begin[boundary]["iterations"] == recorder.end[boundary - 1]["iterations"]
+    # trainable_variables are exactly the current grade's.
+    for epoch, state in recorder.begin.items():
+        assert {id(v) for v in state["trainable"]} == {id(v) for v in state["student"]}
+    # Validation reports all classes and the classes seen so far.
+    assert {"val_accuracy", "val_seen_accuracy", "val_loss"} <= set(history.history)
+    final = distiller.graduate()
+    assert final.output_shape == (None, 6)
+    assert final.count_params() == _graded_student(
+        keras_edu.ClassPartition.contiguous(6)
+    ).graduate().count_params()
+
+
+def test_sequential_order_serves_groups_in_order():
+    partition = keras_edu.ClassPartition.contiguous(6, "1:1:1")
+    x, y = _data(per_class=4)
+    data = keras_edu.CurriculumDataset(
+        x, y, partition=partition, batch_size=4, order="sequential", grade=3
+    )
+    groups = [int(partition.group_of(data[i][1])[0]) for i in range(len(data))]
+    assert groups == [0, 0, 1, 1, 2, 2]
+    for i in range(len(data)):
+        assert len(set(partition.group_of(data[i][1]).tolist())) == 1
+
+
+def test_curriculum_from_tf_data_is_homogeneous():
+    tf = pytest.importorskip("tensorflow")
+    partition = keras_edu.ClassPartition.contiguous(6, "1:1:1")
+    x, y = _data(per_class=5)
+    dataset = tf.data.Dataset.from_tensor_slices((x, y))
+    data = keras_edu.CurriculumDataset(dataset, partition=partition, batch_size=4, grade=2)
+    assert len(data) == 2 * 3  # ceil(10 / 4) batches for each of 2 groups
+    seen = []
+    for i in range(len(data)):
+        labels = data[i][1]
+        assert len(set(partition.group_of(labels).tolist())) == 1
+        seen.extend(labels.tolist())
+    assert sorted(seen) == sorted(y[y < 4].tolist())
+
+
+def test_carry_keeps_momentum_of_surviving_variables():
+    distiller = _distiller()
+    distiller.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
+    x, y = _data(per_class=8)
+    distiller.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    momentum = {v.path: ops.convert_to_numpy(v).copy() for v in distiller.optimizer.variables}
+    distiller.set_grade(2, optimizer_state="carry")
+    carried = {v.path: ops.convert_to_numpy(v) for v in distiller.optimizer.variables}
+    shared = [p for p in carried if p in momentum and "iteration" not in p and "learning_rate" not in p]
+    assert shared, "surviving variables should keep optimizer slots"
+    assert any(np.abs(momentum[p]).sum() > 0 for p in shared)
+    for path in shared:
+        np.testing.assert_array_equal(carried[path], momentum[path])
+
+
+def test_init_new_head_from_old_copies_seen_rows():
+    distiller = _distiller()
+    distiller.compile(optimizer="sgd")
+    old = distiller.graded_student.references[0].dense
+    old_kernel = ops.convert_to_numpy(old.kernel)
+    distiller.set_grade(2, init_new_head_from_old=True)
+    new_kernel = ops.convert_to_numpy(distiller.graded_student.references[1].dense.kernel)
+    np.testing.assert_array_equal(new_kernel[:, :2], old_kernel)
+
+
+def test_keras_file_saved_at_a_grade_reloads_at_that_grade(tmp_path):
+    distiller = _distiller()
+    distiller.compile(optimizer="sgd", metrics=["accuracy"])
+    x, y = _data(per_class=4)
+    distiller.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    distiller.set_grade(2)
+    path = str(tmp_path / "distiller.keras")
+    distiller.save(path)
+    restored = keras.saving.load_model(path)
+    assert restored.grade == 2
+    assert restored.student.output_shape == (None, 4)
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(restored.predict(x, verbose=0)),
+        ops.convert_to_numpy(distiller.predict(x, verbose=0)),
+        atol=1e-5,
+    )
+
+
+class _Interrupt(keras.callbacks.Callback):
+    def __init__(self, at_epoch):
+        super().__init__()
+        self.at_epoch = at_epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.at_epoch:
+            raise RuntimeError("interrupted")
+
+
+def test_backup_and_restore_resumes_mid_grade(tmp_path):
+    keras.utils.set_random_seed(2)
+    x, y = _data(per_class=8)
+    backup_dir = str(tmp_path / "backup")
+    first = _distiller()
+    first.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
+    recorder = _Recorder()
+    with pytest.raises(RuntimeError, match="interrupted"):
+        first.fit(
+            x, y, epochs=5, batch_size=8, verbose=0,
+            callbacks=[
+                keras_edu.GradeCallback(boundaries=[1, 4]),
+                keras.callbacks.BackupAndRestore(backup_dir),
+                recorder,
+                _Interrupt(at_epoch=3),
+            ],
+        )
+    assert first.grade == 2
+    # The backup of epoch 2 holds these values (nothing trained since).
+    saved = _values(first.student.trainable_variables)
+    with open(f"{backup_dir}/training_metadata.json") as f:
+        assert json.load(f)["epoch"] == 3  # the epoch to resume at
+
+    second = _distiller()
+    second.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
+    resumed = _Recorder()
+    history = second.fit(
+        x, y, epochs=5, batch_size=8, verbose=0,
+        callbacks=[
+            keras_edu.GradeCallback(boundaries=[1, 4]),
+            keras.callbacks.BackupAndRestore(backup_dir),
+            resumed,
+        ],
+    )
+    assert history.history["grade"] == [2, 3]
+    state = resumed.begin[3]
+    assert state["grade"] == 2
+    assert state["iterations"] == recorder.end[2]["iterations"]
+    assert len(saved) == len(state["student_values"])
+    for a, b in zip(saved, state["student_values"]):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "boundaries, match",
+    [([2, 1], "strictly increasing"), ([0, 2], ">= 1"), ([1.5, 2], "integer")],
+)
+def test_grade_callback_rejects_bad_boundaries(boundaries, match):
+    with pytest.raises(ValueError, match=match):
+        keras_edu.GradeCallback(boundaries=boundaries)
+
+
+def test_grade_callback_checks_schedule_against_fit():
+    distiller = _distiller()
+    distiller.compile(optimizer="sgd")
+    x, y = _data(per_class=4)
+    with pytest.raises(ValueError, match="< epochs"):
+        distiller.fit(x, y, epochs=3, verbose=0, callbacks=[keras_edu.GradeCallback([1, 3])])
+    with pytest.raises(ValueError, match="needs 2 epochs"):
+        distiller.fit(x, y, epochs=3, verbose=0, callbacks=[keras_edu.GradeCallback([1])])
+
+
+def test_grade_callback_needs_a_graded_student():
+    student = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(6)])
+    teacher = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(6)])
+    distiller = keras_edu.Distiller(student, [teacher])
+    distiller.compile(optimizer="sgd")
+    x, y = _data(per_class=2)
+    with pytest.raises(ValueError, match="GradedStudent"):
+        distiller.fit(x, y, epochs=3, verbose=0, callbacks=[keras_edu.GradeCallback([1, 2])])
+
+
+def test_specialist_must_cover_its_group():
+    partition = keras_edu.ClassPartition.contiguous(6, "1:1:1")
+    teachers = [_specialist([0, 1]), _specialist([2, 3, 4]), _specialist([5])]
+    with pytest.raises(ValueError, match=r"teachers\[1\]"):
+        keras_edu.Distiller(_graded_student(partition), teachers)
