@@ -1,5 +1,6 @@
 """keras-edu: education distillation and adaptive multi-teacher distillation for Keras 3."""
 
+from keras_edu import data
 from keras_edu import layers
 from keras_edu import losses
 from keras_edu import models
@@ -18,6 +19,7 @@ __all__ = [
     "GradeCallback",
     "GradedStudent",
     "Teacher",
+    "data",
     "layers",
     "losses",
     "models",

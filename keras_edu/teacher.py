@@ -59,6 +59,14 @@ class Teacher(keras.layers.Layer):
         self.classes = _validate_classes(classes, output_width(model))
 
     @property
+    def metrics(self):
+        # A teacher trained with compile()/fit() carries its own `loss` and
+        # `accuracy` trackers. They are not the distiller's and would shadow
+        # its logs (Keras skips sub-models that are trainers, but not one
+        # wrapped in a layer), so a teacher exposes no metrics.
+        return []
+
+    @property
     def num_classes(self):
         """The number of logits the teacher outputs."""
         return len(self.classes)
