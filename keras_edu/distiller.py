@@ -158,6 +158,16 @@ class Distiller(keras.Model):
             )
         super().compile(optimizer=optimizer, metrics=metrics, **kwargs)
 
+    def compile_from_config(self, config):
+        # Called by `keras.saving.load_model`: restore the compile state
+        # (optimizer, metrics) without the `loss` this class refuses, and
+        # build the optimizer so its saved slots can load.
+        config = keras.saving.deserialize_keras_object(config)
+        config.pop("loss", None)
+        self.compile(**config)
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
     def build(self, input_shape=None):
         # Student and teachers are built models; nothing else holds state.
         self.built = True

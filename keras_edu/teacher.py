@@ -74,7 +74,11 @@ class Teacher(keras.layers.Layer):
     def call(self, inputs):
         # `training=False` whatever the caller's mode: a teacher is frozen,
         # BatchNorm statistics included.
-        return self.model(inputs, training=False)
+        outputs = self.model(inputs, training=False)
+        # Activity regularizers inside the teacher record losses when it
+        # runs; they are not the student's and must not enter its loss.
+        self.model._clear_losses()
+        return outputs
 
     def compute_output_spec(self, inputs):
         return self.model.compute_output_spec(inputs)

@@ -1,5 +1,8 @@
 """Small helpers shared across keras_edu modules."""
 
+import math
+import numbers
+
 import keras
 
 
@@ -33,8 +36,12 @@ def ends_in_softmax(model):
     return getattr(last, "activation", None) is keras.activations.softmax
 
 
+def _is_real(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def check_probability(value, name):
-    if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+    if not _is_real(value) or not 0.0 <= float(value) <= 1.0:
         raise ValueError(
             f"`{name}` must be a number in [0, 1]. Received: {name}={value!r}."
         )
@@ -42,8 +49,9 @@ def check_probability(value, name):
 
 
 def check_positive(value, name):
-    if not isinstance(value, (int, float)) or value <= 0:
+    if not _is_real(value) or not math.isfinite(float(value)) or value <= 0:
         raise ValueError(
-            f"`{name}` must be a positive number. Received: {name}={value!r}."
+            f"`{name}` must be a positive, finite number. Received: "
+            f"{name}={value!r}."
         )
     return float(value)
