@@ -5,7 +5,7 @@ import math
 import keras
 from keras import ops
 
-from keras_edu.utils import check_positive
+from keras_edu.losses.soft_target_kd import SoftTargetKD
 
 # Weights below this are treated as this in log space (float32 normal range),
 # which keeps the log and its gradient finite for a weight that underflows.
@@ -13,7 +13,7 @@ _TINY_WEIGHT = 1e-30
 
 
 @keras.saving.register_keras_serializable(package="keras_edu")
-class AdaptiveEnsembleKD(keras.distillation.DistillationLoss):
+class AdaptiveEnsembleKD(SoftTargetKD):
     """`T^2 * KL(p || softmax(z / T))` with `p = sum_k a_k softmax(t_k / T)`.
 
     The integrated soft target of AMTML-KD (Liu et al., 2020): the teachers'
@@ -50,11 +50,6 @@ class AdaptiveEnsembleKD(keras.distillation.DistillationLoss):
     kd.integrated_target([t1, t2], teacher_weights=a)  # p, rows sum to 1
     ```
     """
-
-    def __init__(self, temperature=None):
-        if temperature is not None:
-            temperature = check_positive(temperature, "temperature")
-        self.temperature = temperature
 
     def per_sample_loss(
         self, teacher_outputs, student_outputs, teacher_weights=None, **kwargs
@@ -128,22 +123,3 @@ class AdaptiveEnsembleKD(keras.distillation.DistillationLoss):
         E.g. the teacher side of `keras_edu.losses.RKDAngle` in AMTML-KD.
         """
         return ops.exp(self.target_log_probabilities(teacher_outputs, teacher_weights))
-
-    def validate_outputs(self, teacher_outputs, student_outputs):
-        # A list of teachers against one student tensor is legal here.
-        pass
-
-    def _resolved_temperature(self):
-        if self.temperature is None:
-            raise ValueError(
-                "AdaptiveEnsembleKD has no temperature. Pass `temperature=` to "
-                "it or give it to a `keras_edu.Distiller`, which sets its own."
-            )
-        return self.temperature
-
-    def get_config(self):
-        return {"temperature": self.temperature}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)

@@ -92,8 +92,9 @@ class SoftTargetKD(keras.distillation.DistillationLoss):
     def _resolved_temperature(self):
         if self.temperature is None:
             raise ValueError(
-                "SoftTargetKD has no temperature. Pass `temperature=` to it "
-                "or give it to a `keras_edu.Distiller`, which sets its own."
+                f"{type(self).__name__} has no temperature. Pass "
+                "`temperature=` to it or give it to a `keras_edu.Distiller`, "
+                "which sets its own."
             )
         return self.temperature
 
