@@ -54,7 +54,7 @@ def conv_net(widths, num_classes, name):
             width, 3, strides=stride, padding="same", use_bias=False,
             name=f"stage{stage}_conv",
         )(x)
-        x = keras.layers.BatchNormalization(name=f"stage{stage}_bn")(x)
+        x = keras.layers.BatchNormalization(momentum=0.9, name=f"stage{stage}_bn")(x)
         x = keras.layers.ReLU(name=f"stage{stage}_out")(x)
     x = keras.layers.GlobalAveragePooling2D(name="head_pool")(x)
     outputs = keras.layers.Dense(num_classes, name="logits")(x)
