@@ -20,9 +20,21 @@ its epochs with a callback (`on_epoch_begin/end`; `on_predict_begin/end` for
 the teacher's predict pass).
 
 The rows are *interleaved*: after one warm-up epoch of every row, each timed
-round runs one epoch of a, b, c, d, e in turn. On a noisy machine a slow
-spell then hits every row of a round instead of biasing one row, so the
-ratios are steadier than with back-to-back `fit(epochs=N)` calls.
+round runs one epoch of every row, in an order rotated by one row per round.
+On a noisy machine a slow spell then hits every row of a round instead of
+biasing one row, so the ratios are steadier than with back-to-back
+`fit(epochs=N)` calls.
+
+Two machine effects are large enough to swamp the ratios, hence the flags:
+
+* `--threads` (default 1): torch's 2-thread OpenMP kernels slow down 5-20x,
+  by a different factor per row, as soon as another process takes one of
+  two cores.
+* `--tune-malloc`: with glibc's default dynamic thresholds a torch (or
+  JAX) step that frees tens of MB gets it back from the kernel as page
+  faults on the next step; on this VM ~10k faults/step cost 15-35 ms/step,
+  and how many depends on the heap history of the process, not on the row.
+  The `faults/step` column shows it.
 
 Usage:
 
@@ -58,6 +70,12 @@ ROW_TITLES = {
 # ClassPartition-like contiguous groups over 10 classes.
 SPECIALIST_GROUPS = ((0, 1, 2), (3, 4, 5), (6, 7, 8, 9))
 RATIO_TARGETS = {"d/c": 1.0, "d/(a+b)": 1.05, "e/d": None}
+# glibc: no mmap for blocks up to 32 MiB (its maximum) and never trim the
+# heap, instead of its dynamic thresholds.
+TUNED_MALLOC_ENV = {
+    "MALLOC_MMAP_THRESHOLD_": str(32 * 1024 * 1024),
+    "MALLOC_TRIM_THRESHOLD_": str(2**40),
+}
 
 
 def parse_args(argv=None):
@@ -78,18 +96,10 @@ def parse_args(argv=None):
     parser.add_argument("--samples", type=int, default=6400)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--num-classes", type=int, default=10)
-    parser.add_argument(
-        "--warmup", type=int, default=1, help="Untimed epochs per row."
-    )
-    parser.add_argument(
-        "--epochs", type=int, default=3, help="Timed epochs per row."
-    )
-    parser.add_argument(
-        "--student-widths", default="16,32,32", help="Conv widths."
-    )
-    parser.add_argument(
-        "--teacher-widths", default="64,128,128", help="Conv widths."
-    )
+    parser.add_argument("--warmup", type=int, default=1, help="Untimed epochs per row.")
+    parser.add_argument("--epochs", type=int, default=3, help="Timed epochs per row.")
+    parser.add_argument("--student-widths", default="16,32,32", help="Conv widths.")
+    parser.add_argument("--teacher-widths", default="64,128,128", help="Conv widths.")
     parser.add_argument(
         "--jit-compile",
         default="auto",
@@ -105,6 +115,14 @@ def parse_args(argv=None):
         "2-thread OpenMP kernels slow down 5-20x whenever another process "
         "takes a core, by a different factor per row, so the default is "
         "single-threaded kernels.",
+    )
+    parser.add_argument(
+        "--tune-malloc",
+        action="store_true",
+        help="Run the workers with glibc malloc told to keep freed memory "
+        f"({' '.join(f'{k}={v}' for k, v in TUNED_MALLOC_ENV.items())}). "
+        "Without it a torch or JAX step that frees tens of MB gets it back "
+        "from the kernel next step as page faults (see faults/step).",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", metavar="PATH", help="Write results here.")
@@ -138,9 +156,8 @@ def _split(text, allowed, flag):
 
 
 def run_worker(args):
-    import numpy as np
-
     import keras
+    import numpy as np
 
     import keras_edu
 
@@ -190,16 +207,21 @@ def run_worker(args):
         return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
     class EpochTimer(keras.callbacks.Callback):
+        """Wall time and minor page faults of each epoch (or predict pass)."""
+
         def __init__(self):
             super().__init__()
             self.times = []
+            self.faults = []
             self._start = None
 
         def _begin(self):
+            self._faults = _minor_faults()
             self._start = time.perf_counter()
 
         def _end(self):
             self.times.append(time.perf_counter() - self._start)
+            self.faults.append(_minor_faults() - self._faults)
 
         def on_epoch_begin(self, epoch, logs=None):
             self._begin()
@@ -240,9 +262,7 @@ def run_worker(args):
         timer = EpochTimer()
 
         def epoch():
-            model.predict(
-                x, batch_size=args.batch_size, verbose=0, callbacks=[timer]
-            )
+            model.predict(x, batch_size=args.batch_size, verbose=0, callbacks=[timer])
 
         return epoch, timer
 
@@ -250,18 +270,14 @@ def run_worker(args):
         model = keras.distillation.Distiller(
             teacher=teacher(),
             student=student(),
-            distillation_losses=keras.distillation.LogitsDistillation(
-                temperature=4.0
-            ),
+            distillation_losses=keras.distillation.LogitsDistillation(temperature=4.0),
             student_loss_weight=0.3,
         )
         model.compile(optimizer=sgd(), loss=sparse_ce(), jit_compile=jit)
         return fit_row(model)
 
     def row_d():
-        model = keras_edu.Distiller(
-            student(), [teacher()], alpha=0.3, temperature=4.0
-        )
+        model = keras_edu.Distiller(student(), [teacher()], alpha=0.3, temperature=4.0)
         model.compile(optimizer=sgd(), jit_compile=jit)
         return fit_row(model)
 
@@ -270,9 +286,7 @@ def run_worker(args):
             keras_edu.Teacher(teacher(len(group), k), classes=list(group))
             for k, group in enumerate(SPECIALIST_GROUPS)
         ]
-        model = keras_edu.Distiller(
-            student(), teachers, alpha=0.3, temperature=4.0
-        )
+        model = keras_edu.Distiller(student(), teachers, alpha=0.3, temperature=4.0)
         model.compile(optimizer=sgd(), jit_compile=jit)
         return fit_row(model)
 
@@ -290,8 +304,11 @@ def run_worker(args):
             rows[name][0]()
         rows[name] = rows[name] + (time.perf_counter() - build_start,)
         rows[name][1].times.clear()
-    for _ in range(args.epochs):
-        for name in args.rows:
+        rows[name][1].faults.clear()
+    for round_index in range(args.epochs):
+        # Rotate the order each round so no row always follows the same one.
+        shift = round_index % len(args.rows)
+        for name in args.rows[shift:] + args.rows[:shift]:
             rows[name][0]()
 
     result = {
@@ -308,23 +325,36 @@ def run_worker(args):
                 "title": ROW_TITLES[name],
                 "epoch_seconds": timer.times,
                 "median": statistics.median(timer.times),
+                "page_faults_per_step": statistics.median(timer.faults)
+                / -(-args.samples // args.batch_size),
                 "warmup_seconds": warmup,
             }
             for name, (_, timer, warmup) in rows.items()
         },
     }
-    result["ratios"] = _ratios(
-        {k: v["median"] for k, v in result["rows"].items()}
+    result["ratios"] = _ratios({k: v["median"] for k, v in result["rows"].items()})
+    # Ratios of the fastest epochs: on a noisy machine the minimum is the
+    # steadier estimate of a row's own cost.
+    result["ratios_of_minimums"] = _ratios(
+        {k: min(v["epoch_seconds"]) for k, v in result["rows"].items()}
     )
     with open(args.worker_out, "w") as f:
         json.dump(result, f)
+
+
+def _minor_faults():
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on every platform
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def _backend_version(backend):
     module = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
     try:
         return __import__(module[backend]).__version__
-    except Exception:  # pragma: no cover - informational only
+    except (ImportError, AttributeError):  # pragma: no cover - informational
         return "?"
 
 
@@ -356,6 +386,8 @@ def run_backend(backend, args, argv):
         env["PYTHONPATH"] = os.pathsep.join(paths + [repo])
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         env.update(_thread_env(args.threads, env))
+        if args.tune_malloc:
+            env.update(TUNED_MALLOC_ENV)
         command = [sys.executable, os.path.abspath(__file__), *argv]
         command += ["--worker-out", out]
         start = time.perf_counter()
@@ -366,6 +398,7 @@ def run_backend(backend, args, argv):
                 capture_output=True,
                 text=True,
                 timeout=args.timeout,
+                check=False,
             )
         except subprocess.TimeoutExpired:
             return {"backend": backend, "error": f"timeout ({args.timeout}s)"}
@@ -392,8 +425,7 @@ def _thread_env(threads, env):
     if threads == 1:
         xla = env.get("XLA_FLAGS", "")
         out["XLA_FLAGS"] = (
-            xla + " --xla_cpu_multi_thread_eigen=false "
-            "intra_op_parallelism_threads=1"
+            xla + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
         ).strip()
     return out
 
@@ -406,6 +438,7 @@ def format_table(results, args):
         f"{args.epochs} epoch(s) after {args.warmup} warm-up; "
         f"student {args.student_widths}, teacher {args.teacher_widths}; "
         f"jit_compile={args.jit_compile}; threads={args.threads or 'default'}; "
+        f"malloc={'tuned' if args.tune_malloc else 'default'}; "
         f"{platform.node()} "
         f"({os.cpu_count()} CPUs, load average at start "
         f"{_load_average()})"
@@ -425,7 +458,7 @@ def format_table(results, args):
         )
         lines.append(
             f"  {'row':<40} {'median s':>9} {'min s':>7} {'max s':>7}"
-            f" {'ms/step':>8}"
+            f" {'ms/step':>8} {'faults/step':>11}"
         )
         steps = result["steps_per_epoch"]
         for name, row in result["rows"].items():
@@ -433,22 +466,23 @@ def format_table(results, args):
             lines.append(
                 f"  ({name}) {row['title']:<36} {row['median']:9.3f} "
                 f"{min(times):7.3f} {max(times):7.3f} "
-                f"{1000 * row['median'] / steps:8.2f}"
+                f"{1000 * row['median'] / steps:8.2f} "
+                f"{row['page_faults_per_step']:11.0f}"
             )
         medians = {k: v["median"] for k, v in result["rows"].items()}
         if {"a", "b"} <= medians.keys():
-            lines.append(
-                f"  {'(a)+(b)':<40} {medians['a'] + medians['b']:9.3f}"
-            )
+            lines.append(f"  {'(a)+(b)':<40} {medians['a'] + medians['b']:9.3f}")
+        minimums = result.get("ratios_of_minimums", {})
         for key, value in result["ratios"].items():
             target = RATIO_TARGETS[key]
             verdict = ""
             if target is not None:
                 verdict = (
-                    f"  target <= {target:.2f}: "
-                    f"{'ok' if value <= target else 'MISSED'}"
+                    f"  target <= {target:.2f}: {'ok' if value <= target else 'MISSED'}"
                 )
-            lines.append(f"  ratio {key:<34} {value:9.3f}{verdict}")
+            of_min = minimums.get(key)
+            of_min = f"  (of minimums {of_min:.3f})" if of_min else ""
+            lines.append(f"  ratio {key:<34} {value:9.3f}{verdict}{of_min}")
     return "\n".join(lines)
 
 
