@@ -25,6 +25,15 @@ On a noisy machine a slow spell then hits every row of a round instead of
 biasing one row, so the ratios are steadier than with back-to-back
 `fit(epochs=N)` calls.
 
+Each epoch's process CPU time (`time.process_time()`, all threads) is
+recorded next to its wall time, with the ratios of the CPU-time medians.
+Pinned to one core (`taskset -c 1`) with single-threaded kernels, a worker
+can use at most one core, so its CPU time is the wall time it would take on
+an idle core; when other processes share that core, wall times grow by
+however long the worker waits for it and the CPU-time ratios are the
+steadier ones. (CPU time still grows somewhat under contention: caches are
+shared.)
+
 Two machine effects are large enough to swamp the ratios, hence the flags:
 
 * `--threads` (default 1): torch's 2-thread OpenMP kernels slow down 5-20x,
@@ -83,11 +92,7 @@ def parse_args(argv=None):
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--backends",
-        default=",".join(ALL_BACKENDS),
-        help="Comma-separated backends (default: %(default)s).",
-    )
+    add_runtime_arguments(parser)
     parser.add_argument(
         "--rows",
         default=",".join(ALL_ROWS),
@@ -100,6 +105,24 @@ def parse_args(argv=None):
     parser.add_argument("--epochs", type=int, default=3, help="Timed epochs per row.")
     parser.add_argument("--student-widths", default="16,32,32", help="Conv widths.")
     parser.add_argument("--teacher-widths", default="64,128,128", help="Conv widths.")
+    args = parser.parse_args(argv)
+    args.backends = _split(args.backends, ALL_BACKENDS, "--backends")
+    args.rows = _split(args.rows, ALL_ROWS, "--rows")
+    if args.epochs < 1 or args.warmup < 0:
+        parser.error("--epochs must be >= 1 and --warmup >= 0.")
+    return args
+
+
+def add_runtime_arguments(parser):
+    """The flags every speed benchmark shares: backends, threads, malloc, output.
+
+    `benchmarks/education_speed.py` imports this module for them.
+    """
+    parser.add_argument(
+        "--backends",
+        default=",".join(ALL_BACKENDS),
+        help="Comma-separated backends (default: %(default)s).",
+    )
     parser.add_argument(
         "--jit-compile",
         default="auto",
@@ -134,12 +157,6 @@ def parse_args(argv=None):
     )
     # Internal: run the rows for the backend in KERAS_BACKEND.
     parser.add_argument("--worker-out", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    args.backends = _split(args.backends, ALL_BACKENDS, "--backends")
-    args.rows = _split(args.rows, ALL_ROWS, "--rows")
-    if args.epochs < 1 or args.warmup < 0:
-        parser.error("--epochs must be >= 1 and --warmup >= 0.")
-    return args
 
 
 def _split(text, allowed, flag):
@@ -161,12 +178,7 @@ def run_worker(args):
 
     import keras_edu
 
-    if args.threads and keras.backend.backend() == "torch":
-        import torch
-
-        torch.set_num_threads(args.threads)
-
-    jit = {"auto": "auto", "true": True, "false": False}[args.jit_compile]
+    jit = configure_worker(args)
     student_widths = [int(w) for w in args.student_widths.split(",")]
     teacher_widths = [int(w) for w in args.teacher_widths.split(",")]
     num_classes = args.num_classes
@@ -174,25 +186,6 @@ def run_worker(args):
     rng = np.random.default_rng(args.seed)
     x = rng.random((args.samples, 28, 28, 1), dtype=np.float32)
     y = rng.integers(0, num_classes, size=(args.samples,)).astype("int32")
-
-    def cnn(widths, outputs, name, seed):
-        keras.utils.set_random_seed(seed)
-        layers = [keras.Input((28, 28, 1))]
-        for i, width in enumerate(widths):
-            layers.append(
-                keras.layers.Conv2D(
-                    width,
-                    3,
-                    strides=1 if i == 0 else 2,
-                    padding="same",
-                    activation="relu",
-                )
-            )
-        layers += [
-            keras.layers.GlobalAveragePooling2D(),
-            keras.layers.Dense(outputs),  # logits
-        ]
-        return keras.Sequential(layers, name=name)
 
     def student():
         return cnn(student_widths, num_classes, "student", args.seed + 1)
@@ -206,37 +199,8 @@ def run_worker(args):
     def sparse_ce():
         return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
-    class EpochTimer(keras.callbacks.Callback):
-        """Wall time and minor page faults of each epoch (or predict pass)."""
-
-        def __init__(self):
-            super().__init__()
-            self.times = []
-            self.faults = []
-            self._start = None
-
-        def _begin(self):
-            self._faults = _minor_faults()
-            self._start = time.perf_counter()
-
-        def _end(self):
-            self.times.append(time.perf_counter() - self._start)
-            self.faults.append(_minor_faults() - self._faults)
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self._begin()
-
-        def on_epoch_end(self, epoch, logs=None):
-            self._end()
-
-        def on_predict_begin(self, logs=None):
-            self._begin()
-
-        def on_predict_end(self, logs=None):
-            self._end()
-
     def fit_row(model):
-        timer = EpochTimer()
+        timer = epoch_timer()
 
         def epoch():
             model.fit(
@@ -259,7 +223,7 @@ def run_worker(args):
         model = teacher()
         # Compiled only to carry the same `jit_compile` as the other rows.
         model.compile(loss=sparse_ce(), jit_compile=jit)
-        timer = EpochTimer()
+        timer = epoch_timer()
 
         def epoch():
             model.predict(x, batch_size=args.batch_size, verbose=0, callbacks=[timer])
@@ -303,8 +267,7 @@ def run_worker(args):
         for _ in range(args.warmup):  # Traces / compiles the step.
             rows[name][0]()
         rows[name] = rows[name] + (time.perf_counter() - build_start,)
-        rows[name][1].times.clear()
-        rows[name][1].faults.clear()
+        rows[name][1].reset()
     for round_index in range(args.epochs):
         # Rotate the order each round so no row always follows the same one.
         shift = round_index % len(args.rows)
@@ -312,11 +275,7 @@ def run_worker(args):
             rows[name][0]()
 
     result = {
-        "backend": keras.backend.backend(),
-        "keras": keras.__version__,
-        "keras_edu": getattr(keras_edu, "__version__", "?"),
-        "keras_edu_path": os.path.dirname(keras_edu.__file__),
-        "backend_version": _backend_version(keras.backend.backend()),
+        **worker_info(),
         "steps_per_epoch": -(-args.samples // args.batch_size),
         "total_seconds": time.perf_counter() - started,
         "load_average": [load_start, _load_average()],
@@ -325,6 +284,8 @@ def run_worker(args):
                 "title": ROW_TITLES[name],
                 "epoch_seconds": timer.times,
                 "median": statistics.median(timer.times),
+                "cpu_seconds": timer.cpu_times,
+                "cpu_median": statistics.median(timer.cpu_times),
                 "page_faults_per_step": statistics.median(timer.faults)
                 / -(-args.samples // args.batch_size),
                 "warmup_seconds": warmup,
@@ -338,8 +299,108 @@ def run_worker(args):
     result["ratios_of_minimums"] = _ratios(
         {k: min(v["epoch_seconds"]) for k, v in result["rows"].items()}
     )
+    # Ratios of CPU time: what the rows cost when nothing else wants core 1.
+    result["ratios_cpu"] = _ratios(
+        {k: v["cpu_median"] for k, v in result["rows"].items()}
+    )
     with open(args.worker_out, "w") as f:
         json.dump(result, f)
+
+
+def configure_worker(args):
+    """Applies `--threads` to torch; returns the `jit_compile` to compile with."""
+    import keras
+
+    if args.threads and keras.backend.backend() == "torch":
+        import torch
+
+        torch.set_num_threads(args.threads)
+    return {"auto": "auto", "true": True, "false": False}[args.jit_compile]
+
+
+def worker_info():
+    """Versions and the `keras_edu` location of this worker, for the report."""
+    import keras
+
+    import keras_edu
+
+    backend = keras.backend.backend()
+    return {
+        "backend": backend,
+        "keras": keras.__version__,
+        "keras_edu": getattr(keras_edu, "__version__", "?"),
+        "keras_edu_path": os.path.dirname(keras_edu.__file__),
+        "backend_version": _backend_version(backend),
+    }
+
+
+def cnn(widths, outputs, name, seed, input_shape=(28, 28, 1)):
+    """A conv stack (stride 1, then 2) + global pooling + Dense logits."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    layers = [keras.Input(input_shape)]
+    for i, width in enumerate(widths):
+        layers.append(
+            keras.layers.Conv2D(
+                width,
+                3,
+                strides=1 if i == 0 else 2,
+                padding="same",
+                activation="relu",
+            )
+        )
+    layers += [
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(outputs),  # logits
+    ]
+    return keras.Sequential(layers, name=name)
+
+
+_EPOCH_TIMER_CLASS = []
+
+
+def epoch_timer():
+    """A new callback that records the wall time, process CPU time and minor
+    page faults of each epoch (or predict pass) in `.times`, `.cpu_times`
+    and `.faults`; `.reset()` forgets them (after warm-up)."""
+    if not _EPOCH_TIMER_CLASS:
+        import keras
+
+        class EpochTimer(keras.callbacks.Callback):
+            def __init__(self):
+                super().__init__()
+                self.reset()
+                self._start = self._cpu_start = None
+                self._faults = 0
+
+            def reset(self):
+                self.times, self.cpu_times, self.faults = [], [], []
+
+            def _begin(self):
+                self._faults = _minor_faults()
+                self._cpu_start = time.process_time()
+                self._start = time.perf_counter()
+
+            def _end(self):
+                self.times.append(time.perf_counter() - self._start)
+                self.cpu_times.append(time.process_time() - self._cpu_start)
+                self.faults.append(_minor_faults() - self._faults)
+
+            def on_epoch_begin(self, epoch, logs=None):
+                self._begin()
+
+            def on_epoch_end(self, epoch, logs=None):
+                self._end()
+
+            def on_predict_begin(self, logs=None):
+                self._begin()
+
+            def on_predict_end(self, logs=None):
+                self._end()
+
+        _EPOCH_TIMER_CLASS.append(EpochTimer)
+    return _EPOCH_TIMER_CLASS[0]()
 
 
 def _minor_faults():
@@ -374,21 +435,27 @@ def _ratios(medians):
 # ---------------------------------------------------------------------------
 
 
-def run_backend(backend, args, argv):
+def run_backend(backend, args, argv, script=None):
+    """Runs `script` (default: this file) as a worker for `backend`.
+
+    The worker gets `argv` plus `--worker-out PATH` and must write its
+    result there as JSON; returns that result, or `{"backend", "error"}`.
+    """
+    script = os.path.abspath(script or __file__)
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "result.json")
         env = dict(os.environ, KERAS_BACKEND=backend)
         # Time the checkout this script lives in, unless PYTHONPATH already
         # names a keras_edu (entries before the repo win; both beat an
         # editable install that points elsewhere).
-        repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        repo = os.path.dirname(os.path.dirname(script))
         paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
         env["PYTHONPATH"] = os.pathsep.join(paths + [repo])
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         env.update(_thread_env(args.threads, env))
         if args.tune_malloc:
             env.update(TUNED_MALLOC_ENV)
-        command = [sys.executable, os.path.abspath(__file__), *argv]
+        command = [sys.executable, script, *argv]
         command += ["--worker-out", out]
         start = time.perf_counter()
         try:
@@ -450,40 +517,85 @@ def format_table(results, args):
         if "error" in result:
             lines.append(f"[{backend}] FAILED: {result['error']}")
             continue
-        lines.append(
-            f"[{backend} {result['backend_version']}] keras "
-            f"{result['keras']}, keras_edu from {result['keras_edu_path']} "
-            f"({result['process_seconds']:.0f}s, load average "
-            f"{' -> '.join(result['load_average'])})"
-        )
+        lines.append(backend_line(result))
         lines.append(
             f"  {'row':<40} {'median s':>9} {'min s':>7} {'max s':>7}"
-            f" {'ms/step':>8} {'faults/step':>11}"
+            f" {'ms/step':>8} {'cpu s':>7} {'cpu ms/step':>11} {'faults/step':>11}"
         )
         steps = result["steps_per_epoch"]
         for name, row in result["rows"].items():
             times = row["epoch_seconds"]
+            cpu = row.get("cpu_median", float("nan"))
             lines.append(
                 f"  ({name}) {row['title']:<36} {row['median']:9.3f} "
                 f"{min(times):7.3f} {max(times):7.3f} "
-                f"{1000 * row['median'] / steps:8.2f} "
+                f"{1000 * row['median'] / steps:8.2f} {cpu:7.3f} "
+                f"{1000 * cpu / steps:11.2f} "
                 f"{row['page_faults_per_step']:11.0f}"
             )
         medians = {k: v["median"] for k, v in result["rows"].items()}
         if {"a", "b"} <= medians.keys():
-            lines.append(f"  {'(a)+(b)':<40} {medians['a'] + medians['b']:9.3f}")
-        minimums = result.get("ratios_of_minimums", {})
-        for key, value in result["ratios"].items():
-            target = RATIO_TARGETS[key]
-            verdict = ""
-            if target is not None:
-                verdict = (
-                    f"  target <= {target:.2f}: {'ok' if value <= target else 'MISSED'}"
-                )
-            of_min = minimums.get(key)
-            of_min = f"  (of minimums {of_min:.3f})" if of_min else ""
-            lines.append(f"  ratio {key:<34} {value:9.3f}{verdict}{of_min}")
+            cpu = {
+                k: v.get("cpu_median", float("nan")) for k, v in result["rows"].items()
+            }
+            lines.append(
+                f"  {'(a)+(b)':<40} {medians['a'] + medians['b']:9.3f} "
+                f"{'':7} {'':7} {'':8} {cpu['a'] + cpu['b']:7.3f}"
+            )
+        lines += _ratio_lines(result)
     return "\n".join(lines)
+
+
+def _ratio_lines(result):
+    """One line per ratio: of wall medians, of wall minimums, of CPU medians."""
+    lines = []
+    minimums = result.get("ratios_of_minimums", {})
+    of_cpu = result.get("ratios_cpu", {})
+    for key, value in result["ratios"].items():
+        target = RATIO_TARGETS[key]
+        line = f"  ratio {key:<8} wall {value:6.3f} (of minimums {minimums[key]:.3f})"
+        if key in of_cpu:
+            line += f", cpu {of_cpu[key]:6.3f}"
+        if target is not None:
+            verdicts = [("wall", value)] + (
+                [("cpu", of_cpu[key])] if key in of_cpu else []
+            )
+            line += f"  target <= {target:.2f}: " + ", ".join(
+                f"{what} {'ok' if v <= target else 'MISSED'}" for what, v in verdicts
+            )
+        lines.append(line)
+    return lines
+
+
+def backend_line(result):
+    """`[backend version] keras ..., keras_edu from ... (time, load)`."""
+    return (
+        f"[{result['backend']} {result['backend_version']}] keras "
+        f"{result['keras']}, keras_edu from {result['keras_edu_path']} "
+        f"({result['process_seconds']:.0f}s, load average "
+        f"{' -> '.join(result['load_average'])})"
+    )
+
+
+def drive(args, argv, format_results, script=None):
+    """The driver: one worker subprocess per backend, the table, the JSON.
+
+    `format_results(results, args)` returns the text to print. Returns the
+    exit status: 1 if a backend failed.
+    """
+    # The workers get the same flags minus the driver-only ones.
+    worker_argv = _strip_flags(argv, ("--json", "--backends", "--timeout"))
+    results = []
+    for backend in args.backends:
+        print(f"... timing {backend}", file=sys.stderr, flush=True)
+        results.append(run_backend(backend, args, worker_argv, script))
+    print(format_results(results, args))
+    if args.json:
+        payload = {"config": vars(args), "results": results}
+        payload["config"].pop("worker_out", None)
+        with open(args.json, "w") as f:
+            json.dump(payload, f, indent=2)
+    return 1 if any("error" in r for r in results) else 0
 
 
 def main(argv=None):
@@ -492,19 +604,7 @@ def main(argv=None):
     if args.worker_out:
         run_worker(args)
         return 0
-    # The workers get the same flags minus the driver-only ones.
-    worker_argv = _strip_flags(argv, ("--json", "--backends", "--timeout"))
-    results = []
-    for backend in args.backends:
-        print(f"... timing {backend}", file=sys.stderr, flush=True)
-        results.append(run_backend(backend, args, worker_argv))
-    print(format_table(results, args))
-    if args.json:
-        payload = {"config": vars(args), "results": results}
-        payload["config"].pop("worker_out", None)
-        with open(args.json, "w") as f:
-            json.dump(payload, f, indent=2)
-    return 1 if any("error" in r for r in results) else 0
+    return drive(args, argv, format_table)
 
 
 def _load_average():

@@ -4,11 +4,13 @@ from keras_edu import data
 from keras_edu import layers
 from keras_edu import losses
 from keras_edu import models
+from keras_edu import visualize
 from keras_edu.curriculum import CurriculumDataset
 from keras_edu.distiller import Distiller
 from keras_edu.grade_callback import GradeCallback
 from keras_edu.graded_student import GradedStudent
 from keras_edu.partition import ClassPartition
+from keras_edu.per_group_accuracy import PerGroupAccuracy
 from keras_edu.teacher import Teacher
 from keras_edu.version import __version__
 
@@ -18,10 +20,12 @@ __all__ = [
     "Distiller",
     "GradeCallback",
     "GradedStudent",
+    "PerGroupAccuracy",
     "Teacher",
     "data",
     "layers",
     "losses",
     "models",
+    "visualize",
     "__version__",
 ]

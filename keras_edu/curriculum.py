@@ -8,16 +8,24 @@ import numpy as np
 
 from keras_edu.partition import ClassPartition
 
-ORDERS = ("interleaved", "sequential")
+ORDERS = ("interleaved", "sequential", "stratified")
+# Chosen by measured accuracy: docs/results.md and docs/education.md
+# ("Curriculum data").
+DEFAULT_ORDER = "stratified"
 
 
 class CurriculumDataset(keras.utils.PyDataset):
-    """Batches of groups `1..grade` only, each batch drawn from one group.
+    """Batches of the samples of groups `1..grade` only.
 
     Grade `g` of education distillation trains on the samples of groups
-    `1..g` (earlier groups are replayed). Every batch holds samples of a
-    single group, so each training step runs only that group's teacher.
-    Samples of later groups are never read, so they cost nothing.
+    `1..g` (earlier groups are replayed). Samples of later groups are never
+    read, so they cost nothing. With the `"interleaved"` and `"sequential"`
+    orders every batch holds samples of a single group, so each training
+    step runs only that group's teacher. With `"stratified"` every batch
+    holds each seen group in proportion to its size, in contiguous blocks
+    (group 1's rows first); each specialist then runs on its own block only,
+    so a step costs one teacher pass over the batch all the same, and the
+    student's BatchNorm layers see batches that look like the test set.
 
     `keras_edu.Distiller.fit` builds one for you from arrays or a
     `tf.data.Dataset` when the student is a `GradedStudent`; build one
@@ -30,9 +38,13 @@ class CurriculumDataset(keras.utils.PyDataset):
             `(N, num_classes)`; with arrays only.
         partition: The `keras_edu.ClassPartition` of the curriculum.
         batch_size: Samples per batch. Defaults to 32.
-        order: `"interleaved"` (default): the homogeneous batches of all seen
-            groups in a random order each epoch. `"sequential"`: all batches
-            of group 1, then group 2, ..., as the reference code does.
+        order: `"stratified"` (default): every batch holds all seen groups
+            in fixed proportions, see above; every batch is full (a group's
+            samples are drawn again once all were served in an epoch).
+            `"interleaved"`: the homogeneous batches of all seen groups in a
+            random order each epoch. `"sequential"`: all batches of group 1,
+            then group 2, ..., as the reference code does. See
+            docs/education.md for the measured accuracy of each.
         shuffle: Shuffle samples within each group every epoch (arrays).
         seed: Seed of the shuffles.
         grade: The grade to start at (1-based).
@@ -60,7 +72,7 @@ class CurriculumDataset(keras.utils.PyDataset):
         *,
         partition,
         batch_size=32,
-        order="interleaved",
+        order=DEFAULT_ORDER,
         shuffle=True,
         seed=None,
         grade=1,
@@ -87,11 +99,25 @@ class CurriculumDataset(keras.utils.PyDataset):
         self._rng = np.random.default_rng(seed)
         self._source = _make_source(x, y, partition, batch_size, self._rng)
         self.grade = grade
+        if order == "stratified":
+            # Fail now, not at the last grade's boundary hours into `fit`.
+            _proportional_split(batch_size, self._source.counts)
         self._plan = self._make_plan()
 
     @property
     def num_batches(self):
+        if self.order == "stratified":
+            return math.ceil(sum(self._source.counts[: self.grade]) / self.batch_size)
         return sum(self._source.num_batches[: self.grade])
+
+    def block_sizes(self):
+        """Rows of each seen group in a batch (`"stratified"`), else None.
+
+        The blocks are contiguous and in group order: group 1's rows first.
+        """
+        if self.order != "stratified":
+            return None
+        return _proportional_split(self.batch_size, self._source.counts[: self.grade])
 
     def __len__(self):
         return self.num_batches
@@ -111,12 +137,25 @@ class CurriculumDataset(keras.utils.PyDataset):
         self._plan = self._make_plan()
 
     def __getitem__(self, index):
+        if self.order == "stratified":
+            blocks = [
+                self._source.rows(group, index * size, size)
+                for group, size in enumerate(self.block_sizes())
+                if size
+            ]
+            return (
+                np.concatenate([x for x, _ in blocks]),
+                np.concatenate([y for _, y in blocks]),
+            )
         group, batch = self._plan[index]
         return self._source.batch(group, batch)
 
     def _make_plan(self):
         """One `(group, batch index)` entry per step of the coming epoch."""
         self._source.start_epoch(self.shuffle)
+        if self.order == "stratified":
+            self._source.plan_streams(self.block_sizes(), self.num_batches)
+            return None
         plan = [
             (group, batch)
             for group in range(self.grade)
@@ -144,16 +183,32 @@ class _ArraySource:
         self.indices = [np.flatnonzero(groups == k) for k in range(partition.num_groups)]
         self.batch_size = batch_size
         self.rng = rng
-        self.num_batches = [math.ceil(len(i) / batch_size) for i in self.indices]
+        self.counts = [len(i) for i in self.indices]
+        self.num_batches = [math.ceil(c / batch_size) for c in self.counts]
         self._order = [i.copy() for i in self.indices]
+        self._shuffle = True
 
     def start_epoch(self, shuffle):
+        self._shuffle = shuffle
         self._order = [
             self.rng.permutation(i) if shuffle else i.copy() for i in self.indices
         ]
 
+    def plan_streams(self, block_sizes, steps):
+        # Each group serves `size` rows per step; a group that runs out
+        # before the epoch ends starts a fresh pass over its samples.
+        for group, size in enumerate(block_sizes):
+            needed, stream = size * steps, [self._order[group]]
+            while sum(len(s) for s in stream) < needed and len(self.indices[group]):
+                indices = self.indices[group]
+                stream.append(self.rng.permutation(indices) if self._shuffle else indices)
+            self._order[group] = np.concatenate(stream)
+
     def batch(self, group, batch):
-        rows = self._order[group][batch * self.batch_size : (batch + 1) * self.batch_size]
+        return self.rows(group, batch * self.batch_size, self.batch_size)
+
+    def rows(self, group, start, size):
+        rows = self._order[group][start : start + size]
         return self.x[rows], self.labels[rows]
 
 
@@ -168,6 +223,7 @@ class _TFDataSource:
         ).astype("int64")
         _check_label_range(labels, partition)
         counts = np.bincount(partition.group_of(labels), minlength=partition.num_groups)
+        self.counts = [int(c) for c in counts]
         self.num_batches = [math.ceil(c / batch_size) for c in counts]
         table = tf.constant(partition.group_of(np.arange(partition.num_classes)), tf.int32)
         seed = int(rng.integers(2**31))
@@ -177,19 +233,63 @@ class _TFDataSource:
                 lambda x, y, k=k: tf.gather(table, tf.cast(tf.reshape(y, ()), tf.int32)) == k
             )
             group = group.shuffle(max(int(counts[k]), 1), seed=seed + k)
-            self._datasets.append(group.batch(batch_size).repeat())
-        self._iterators = [None] * partition.num_groups
+            self._datasets.append(group)
+        self.batch_size = batch_size
+        self._iterators = {}
 
     def start_epoch(self, shuffle):
         # Iterators repeat forever; an epoch takes exactly `num_batches`
         # batches of each group, so epochs stay aligned with passes.
         pass
 
+    def plan_streams(self, block_sizes, steps):
+        pass
+
     def batch(self, group, batch):
-        if self._iterators[group] is None:
-            self._iterators[group] = self._datasets[group].as_numpy_iterator()
-        x, y = next(self._iterators[group])
+        # One pass per epoch, its last batch possibly short.
+        return self._next(group, self.batch_size, across_passes=False)
+
+    def rows(self, group, start, size):
+        # Full blocks that run on across passes. Batches are read in order,
+        # so `start` is implied by the iterator.
+        return self._next(group, size, across_passes=True)
+
+    def _next(self, group, size, across_passes):
+        key = (group, size, across_passes)
+        if key not in self._iterators:
+            dataset = self._datasets[group]
+            dataset = (
+                dataset.repeat().batch(size)
+                if across_passes
+                else dataset.batch(size).repeat()
+            )
+            self._iterators[key] = dataset.as_numpy_iterator()
+        x, y = next(self._iterators[key])
         return x, np.reshape(y, (-1,)).astype("int32")
+
+
+def _proportional_split(total, counts):
+    """`total` rows split in proportion to `counts` (largest remainders)."""
+    counts = np.asarray(counts, dtype="float64")
+    if counts.sum() == 0:
+        raise ValueError("The curriculum's seen groups hold no samples.")
+    if total < np.count_nonzero(counts):
+        raise ValueError(
+            f"`batch_size`={total} is smaller than the number of groups with "
+            f"samples ({np.count_nonzero(counts)}); a stratified batch needs "
+            "one row of each. Use a larger `batch_size` or order='interleaved'."
+        )
+    shares = total * counts / counts.sum()
+    sizes = np.floor(shares).astype(int)
+    # Every group with samples gets a row, then the largest remainders.
+    sizes[(sizes == 0) & (counts > 0)] = 1
+    for i in np.argsort(-(shares - np.floor(shares)), kind="stable"):
+        if sizes.sum() >= total:
+            break
+        sizes[i] += 1
+    while sizes.sum() > total:
+        sizes[np.argmax(sizes)] -= 1
+    return tuple(int(s) for s in sizes)
 
 
 def _make_source(x, y, partition, batch_size, rng):

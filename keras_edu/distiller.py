@@ -1,12 +1,18 @@
 """`Distiller`: train a student from one or many frozen teachers."""
 
 import keras
+import numpy as np
 from keras import ops
 
+from keras_edu.curriculum import DEFAULT_ORDER
 from keras_edu.curriculum import CurriculumDataset
+from keras_edu.feature_taps import FeatureTaps
+from keras_edu.feature_taps import last_feature_layer
 from keras_edu.graded_student import GradedStudent
+from keras_edu.losses.amtml import AMTML
 from keras_edu.losses.soft_target_kd import SoftTargetKD
 from keras_edu.routing import GradeRouting
+from keras_edu.routing import GroupBranch
 from keras_edu.routing import TeacherRouting
 from keras_edu.routing import check_curriculum_teachers
 from keras_edu.teacher import Teacher
@@ -39,6 +45,14 @@ class Distiller(keras.Model):
     cover the same classes form an ensemble whose probabilities are averaged
     (AVER) unless `loss` says otherwise.
 
+    With `loss=keras_edu.losses.AMTML(...)` (adaptive multi-teacher
+    multi-level distillation) the ensemble is mixed with learned
+    per-example weights and the loss gains hint and relational terms that
+    `1 - alpha` does not scale; see `AMTML`. The Distiller then tracks the
+    `teacher_importance` layer and the `hint_regressors` (trained, saved,
+    not part of the student), and in training its forward pass returns
+    `{"logits": ..., "features": {...}}` from one pass of the student.
+
     Teachers run in inference mode, outside the gradient, and are never
     updated. `evaluate()` and `predict()` use the student alone, and the
     evaluation loss is the student's cross-entropy. Use it like any Keras
@@ -60,6 +74,7 @@ class Distiller(keras.Model):
             a `per_sample_loss` method) are routed per example; a core Keras
             term (only `compute_loss`) needs teachers that cover every class.
             `None` (default) is `keras_edu.losses.SoftTargetKD`.
+            `keras_edu.losses.AMTML` is wired in specially (above).
         name: The model's name.
 
     Example:
@@ -129,11 +144,29 @@ class Distiller(keras.Model):
         self.distillation_loss_tracker = keras.metrics.Mean(
             name="distillation_loss"
         )
+        # AMTML: the loss owns no state; the Distiller tracks (so trains and
+        # saves) the layers it makes, outside the student.
+        self.teacher_importance = None
+        self.hint_regressors = []
+        self._amtml = None
+        if isinstance(self.distillation_term, AMTML):
+            self._amtml = _AMTMLWiring(self)
+            self.amtml_loss_trackers = {
+                key: keras.metrics.Mean(name=key)
+                for key in self.distillation_term.log_names
+            }
+            self.teacher_weight_trackers = [
+                keras.metrics.Mean(name=f"teacher_{k}_weight")
+                for k in range(len(self.teachers))
+            ]
+            self._amtml.refresh()
         # Set while tracing a step; tells `compute_metrics` whether the step
         # was a training step (which logs the two loss parts) or not.
         self._logging_distillation = False
         # (CurriculumDataset, CallbackList) of the running `fit`, if graded.
         self._fit_context = None
+        # Rows per group of a stratified curriculum batch, during `fit`.
+        self._blocks = None
         # Student and teachers arrive built; so is the Distiller (callbacks
         # such as BackupAndRestore need a built model before `fit`).
         self.built = self._student.built
@@ -173,6 +206,11 @@ class Distiller(keras.Model):
         self.built = True
 
     def call(self, inputs, training=None):
+        if training and self._amtml is not None:
+            # One student forward gives the logits and the tapped feature
+            # maps AMTML needs: {"logits": z, "features": {layer: map}}.
+            logits, features = self._amtml.student_taps(inputs, training=True)
+            return {"logits": logits, "features": features}
         return self._student(inputs, training=training)
 
     def compute_loss(
@@ -180,6 +218,9 @@ class Distiller(keras.Model):
     ):
         if y_pred is None:
             y_pred = self(x, training=training)
+        features = None
+        if isinstance(y_pred, dict):
+            features, y_pred = y_pred["features"], y_pred["logits"]
         logits = ops.cast(y_pred, "float32")
         self._logging_distillation = bool(training)
         if self.graded_student is not None:
@@ -200,9 +241,27 @@ class Distiller(keras.Model):
             student_loss = _weighted_mean(cross_entropy, sample_weight)
         if not training:
             return self._add_regularization(student_loss)
+        if self._amtml is not None:
+            if features is None:
+                # Logits given without features (a call by hand): read the
+                # features from an inference-mode pass of the tap model.
+                _, features = self._amtml.student_taps(x, training=False)
+            return self._add_regularization(
+                self._amtml_loss(
+                    x, labels, logits, features, student_loss, sample_weight
+                )
+            )
 
-        if self.graded_student is not None:
+        if self.graded_student is not None and self._blocks is not None:
+            per_example, has_teacher = self._blockwise_distillation(
+                x, labels, logits
+            )
+        elif self.graded_student is not None:
             per_example, has_teacher = self._one_teacher_distillation(
+                x, labels, logits
+            )
+        elif self._distil_on_subsets():
+            per_example, has_teacher = self._routed_distillation_on_subsets(
                 x, labels, logits
             )
         else:
@@ -223,6 +282,8 @@ class Distiller(keras.Model):
         return self._add_regularization(total)
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        if isinstance(y_pred, dict):
+            y_pred = y_pred["logits"]  # training with AMTML feature taps
         if self.graded_student is not None:
             # Metrics see labels as logit positions of this grade; classes
             # not seen yet become -1 and always count as errors, so
@@ -239,11 +300,21 @@ class Distiller(keras.Model):
             )
             self.seen_accuracy_tracker.update_state(correct, sample_weight=seen)
         logs = super().compute_metrics(x, y, y_pred, sample_weight)
+        if self._amtml is not None:
+            # AMTML logs its KD term as `kd_loss`, beside its other terms.
+            logs.pop("distillation_loss", None)
         if not self._logging_distillation:
             # Evaluation runs no teacher: do not log loss parts it never had.
-            for key in _DISTILLATION_LOG_KEYS:
+            for key in self._distillation_log_keys():
                 logs.pop(key, None)
         return logs
+
+    def _distillation_log_keys(self):
+        keys = list(_DISTILLATION_LOG_KEYS)
+        if self._amtml is not None:
+            keys += list(self.amtml_loss_trackers)
+            keys += [t.name for t in self.teacher_weight_trackers]
+        return keys
 
     def teacher_logits(self, x):
         """Every teacher's logits on `x`, float32 and without gradient."""
@@ -269,6 +340,55 @@ class Distiller(keras.Model):
         count = ops.sum(cover, axis=1)
         return total / ops.maximum(count, 1.0), ops.minimum(count, 1.0)
 
+    def _distil_on_subsets(self):
+        """Whether to run each teacher group on its own examples only.
+
+        Only in eager PyTorch, which allows the data-dependent batch sizes,
+        and only when some group covers part of the classes (generalists see
+        every example anyway).
+        """
+        return (
+            keras.backend.backend() == "torch"
+            and not self.jit_compile
+            and not self._routing.every_group_covers_all
+        )
+
+    def _routed_distillation_on_subsets(self, x, labels, logits):
+        """`_routed_distillation` that runs a teacher only where it teaches.
+
+        Same per-example losses and mask as the dense path, but each group
+        of teachers sees only the examples whose label it covers, so K
+        specialists over disjoint classes cost about one teacher pass per
+        batch instead of K. PyTorch only (see `_distil_on_subsets`).
+        """
+        import torch
+
+        routing = self._routing
+        cover = ops.take(ops.convert_to_tensor(routing.cover_table), labels, axis=0)
+        total = ops.zeros_like(logits[:, 0])
+        for g, group in enumerate(routing.groups):
+            index = torch.nonzero(cover[:, g]).squeeze(1)
+            if index.numel() == 0:
+                continue
+            rows = keras.tree.map_structure(lambda t, i=index: t[i], x)
+            with torch.no_grad():
+                outputs = {
+                    k: ops.cast(self.teachers[k](rows), "float32")
+                    for k, _ in group.members
+                }
+            targets = [
+                outputs[k] if perm is None else ops.take(outputs[k], perm, axis=1)
+                for k, perm in group.members
+            ]
+            student_rows = logits[index]
+            if not group.covers_all:
+                student_rows = ops.take(student_rows, group.columns, axis=1)
+            total = total.index_add(
+                0, index, self._term_per_example(targets, student_rows)
+            )
+        count = ops.sum(cover, axis=1)
+        return total / ops.maximum(count, 1.0), ops.minimum(count, 1.0)
+
     def _one_teacher_distillation(self, x, labels, logits):
         """Per-example loss when every batch is drawn from one group.
 
@@ -287,6 +407,31 @@ class Distiller(keras.Model):
             ops.convert_to_tensor(routing.group_has_teacher), batch_group
         )
         return per_example * taught, taught
+
+    def _blockwise_distillation(self, x, labels, logits):
+        """Per-example loss when batches are stratified by group.
+
+        The curriculum lays a batch out in contiguous blocks, one per seen
+        group (`CurriculumDataset.block_sizes()`), so each group's
+        teacher(s) run on that group's rows only: the step costs one teacher
+        pass over the batch, whatever the number of groups. Rows whose label
+        is not in their block's group get no distillation loss.
+        """
+        routing = self._grade_routing
+        groups = ops.take(ops.convert_to_tensor(routing.group_table), labels)
+        per_example, taught, start = [], [], 0
+        for group, size in enumerate(self._blocks):
+            stop = start + size
+            rows = keras.tree.map_structure(lambda t: t[start:stop], x)
+            run = self._make_branch(routing.branches[group])
+            per_example.append(run(rows, logits[start:stop]))
+            taught.append(
+                ops.cast(ops.equal(groups[start:stop], group), "float32")
+                * float(routing.group_has_teacher[group])
+            )
+            start = stop
+        taught = ops.concatenate(taught, axis=0)
+        return ops.concatenate(per_example, axis=0) * taught, taught
 
     def _make_branch(self, branch):
         def run(x, logits):
@@ -330,6 +475,130 @@ class Distiller(keras.Model):
         scalar = sum(term.compute_loss(t, student_columns) for t in targets)
         scalar = scalar / len(targets)
         return ops.ones_like(student_columns[:, 0]) * scalar
+
+    def _amtml_loss(self, x, labels, logits, features, student_loss, sample_weight):
+        """The training loss with a `keras_edu.losses.AMTML` term.
+
+        `alpha * CE + (1 - alpha) * KD + hint + angle [+ distance] + L2`:
+        only the KD term is scaled by `1 - alpha` (METHOD.md, section 2).
+        KD and hints are averaged over the taught rows; the relational
+        terms are batch scalars (over each group's rows in a curriculum).
+        """
+        amtml, wiring = self.distillation_term, self._amtml
+        if self.graded_student is None:
+            terms = wiring.branch(wiring.plain_branch)(x, logits, features)
+            taught = ops.ones_like(logits[:, 0])
+        elif self._blocks is not None:
+            terms, taught = self._amtml_blockwise(x, labels, logits, features)
+        else:
+            terms, taught = self._amtml_one_group(x, labels, logits, features)
+        weight = taught
+        if sample_weight is not None:
+            weight = taught * ops.cast(ops.reshape(sample_weight, (-1,)), "float32")
+        count = ops.maximum(ops.sum(taught), 1.0)
+        values = {
+            "kd_loss": ops.sum(terms["kd"] * weight) / count,
+            "hint_loss": ops.sum(terms["hint"] * weight) / count,
+            "angle_loss": terms["angle"],
+            "distance_loss": terms["distance"],
+            "l2_loss": amtml.l2_penalty(self.teacher_importance),
+        }
+        total = (
+            self.alpha * student_loss
+            + (1.0 - self.alpha) * values["kd_loss"]
+            + amtml.hint_weight * values["hint_loss"]
+            + amtml.angle_weight * values["angle_loss"]
+            + amtml.distance_weight * values["distance_loss"]
+            + values["l2_loss"]
+        )
+        if self.graded_student is not None:
+            # A step of a group whose teachers give no hint leaves some
+            # active regressors out of the graph (PyTorch runs one branch
+            # of `ops.switch`); a zero term gives them a zero gradient
+            # instead of none, which optimizers warn about.
+            for regressor in self.hint_regressors:
+                total = total + 0.0 * ops.sum(regressor.kernel)
+        batch_size = ops.shape(logits)[0]
+        self.student_loss_tracker.update_state(student_loss, batch_size)
+        for key, tracker in self.amtml_loss_trackers.items():
+            tracker.update_state(values[key], batch_size)
+        # Teacher k's mean weight over the rows it teaches.
+        teaches = ops.expand_dims(taught, 1) * terms["teaches"]
+        for k, tracker in enumerate(self.teacher_weight_trackers):
+            tracker.update_state(terms["weights"][:, k], sample_weight=teaches[:, k])
+        return total
+
+    def _amtml_one_group(self, x, labels, logits, features):
+        """AMTML terms of a batch drawn from one group (`ops.switch`)."""
+        routing = self._grade_routing
+        groups = ops.take(ops.convert_to_tensor(routing.group_table), labels)
+        batch_group = ops.minimum(groups[0], routing.grade - 1)
+        branches = [self._amtml.branch(branch) for branch in routing.branches]
+        terms = ops.switch(batch_group, branches, x, logits, features)
+        taught = ops.cast(ops.equal(groups, batch_group), "float32") * ops.take(
+            ops.convert_to_tensor(routing.group_has_teacher), batch_group
+        )
+        return terms, taught
+
+    def _amtml_blockwise(self, x, labels, logits, features):
+        """AMTML terms of a stratified batch: each group on its own block.
+
+        The relational terms are computed within each block (the rows one
+        group's teachers teach) and averaged over the blocks by row count.
+        """
+        routing = self._grade_routing
+        groups = ops.take(ops.convert_to_tensor(routing.group_table), labels)
+        parts, taught, start = [], [], 0
+        relational = {"angle": 0.0, "distance": 0.0}
+        rows_taught = 0.0
+        for group, size in enumerate(self._blocks):
+            stop = start + size
+            run = self._amtml.branch(routing.branches[group])
+            def cut(t, start=start, stop=stop):
+                return t[start:stop]
+
+            terms = run(
+                keras.tree.map_structure(cut, x),
+                logits[start:stop],
+                keras.tree.map_structure(cut, features),
+            )
+            parts.append(terms)
+            has_teacher = float(routing.group_has_teacher[group])
+            for key, value in relational.items():
+                relational[key] = value + size * has_teacher * terms[key]
+            rows_taught += size * has_teacher
+            taught.append(
+                ops.cast(ops.equal(groups[start:stop], group), "float32") * has_teacher
+            )
+            start = stop
+        terms = {
+            key: ops.concatenate([part[key] for part in parts], axis=0)
+            for key in ("kd", "hint", "weights", "teaches")
+        }
+        for key, value in relational.items():
+            terms[key] = value / max(rows_taught, 1.0)
+        return terms, ops.concatenate(taught, axis=0)
+
+    def _retrack(self, **attributes):
+        """Replaces tracked attributes (layers or lists of layers) in place.
+
+        A built layer refuses new sub-layers and would keep tracking the
+        old ones: untrack the old values and track the new ones.
+        """
+        locked = self._tracker.locked
+        self._tracker.unlock()
+        try:
+            for name, value in attributes.items():
+                old = getattr(self, name, None)
+                for layer in old if isinstance(old, (list, tuple)) else [old]:
+                    if layer is not None:
+                        self._tracker.untrack(layer)
+                setattr(self, name, value)
+        finally:
+            if locked:
+                self._tracker.lock()
+        if keras.backend.backend() == "torch":
+            self._track_variables()
 
     def _add_regularization(self, loss):
         # Weight regularizers and `add_loss` terms of the student, as the
@@ -394,16 +663,21 @@ class Distiller(keras.Model):
         self._grade_routing = GradeRouting(
             self.graded_student.partition, grade, [t.classes for t in self.teachers]
         )
+        if self._amtml is not None:
+            # A fresh TeacherImportance for the new last stage, the hints
+            # that teach at this grade (docs/many_teachers.md).
+            self._amtml.refresh()
+        if self._fit_context is not None:
+            data, callbacks = self._fit_context
+            data.set_grade(grade)
+            self._blocks = data.block_sizes()
+            callbacks.set_params(dict(callbacks.params, steps=len(data)))
         if getattr(self, "optimizer", None) is not None:
             self._rebuild_optimizer(carry=optimizer_state == "carry")
         if self.compiled:
             self.make_train_function(force=True)
             self.make_test_function(force=True)
             self.make_predict_function(force=True)
-        if self._fit_context is not None:
-            data, callbacks = self._fit_context
-            data.set_grade(grade)
-            callbacks.set_params(dict(callbacks.params, steps=len(data)))
 
     def _replace_student(self, new_student):
         # A built layer refuses new sub-layers and would keep tracking the
@@ -497,6 +771,7 @@ class Distiller(keras.Model):
             model=self,
         )
         self._fit_context = (data, callback_list)
+        self._blocks = data.block_sizes()
         try:
             return super().fit(
                 data, epochs=epochs, verbose=verbose, callbacks=callback_list,
@@ -504,6 +779,7 @@ class Distiller(keras.Model):
             )
         finally:
             self._fit_context = None
+            self._blocks = None
 
     def _curriculum_dataset(self, x, y, batch_size, shuffle, schedule):
         if isinstance(x, CurriculumDataset):
@@ -525,7 +801,7 @@ class Distiller(keras.Model):
             y,
             partition=self.graded_student.partition,
             batch_size=batch_size or 32,
-            order=schedule.order if schedule else "interleaved",
+            order=schedule.order if schedule else DEFAULT_ORDER,
             shuffle=shuffle,
             seed=schedule.seed if schedule else None,
             grade=self.grade,
@@ -763,3 +1039,199 @@ def _copy_seen_class_rows(graded, old_grade, new_grade, old_model, new_model):
         new_bias = ops.convert_to_numpy(new_dense.bias)
         new_bias[targets] = ops.convert_to_numpy(old_dense.bias)
         new_dense.bias.assign(new_bias)
+
+
+class _AMTMLWiring:
+    """What a Distiller needs to run `keras_edu.losses.AMTML`.
+
+    Holds the feature taps (one tap model for the student, one per teacher
+    that gives hints), every hint regressor made so far, and which hints
+    teach at the current grade. A plain object on purpose: the Distiller
+    tracks the `TeacherImportance` layer and the active regressors itself,
+    and must not track the tap models, whose weights are the student's and
+    the teachers'.
+    """
+
+    def __init__(self, distiller):
+        self.distiller = distiller
+        self.loss = loss = distiller.distillation_term
+        teachers = distiller.teachers
+        for index, (_, k, _) in enumerate(loss.hints):
+            if k >= len(teachers):
+                raise ValueError(
+                    f"hints[{index}] names teachers[{k}], but the Distiller "
+                    f"has {len(teachers)} teacher(s)."
+                )
+        hinted = {}
+        for student_layer, k, teacher_layer in loss.hints:
+            hinted.setdefault(k, []).append(teacher_layer)
+        self.teacher_taps = [
+            FeatureTaps(t.model, hinted[k], role=f"teachers[{k}]")
+            if k in hinted
+            else None
+            for k, t in enumerate(teachers)
+        ]
+        # Hint index -> HintRegressor; kept when the student grows, since
+        # the stage it reads survives.
+        self.regressors = {}
+        self.plain_branch = None
+        graded = distiller.graded_student
+        if graded is None:
+            routing = distiller._routing
+            if not (routing.every_group_covers_all and len(routing.groups) == 1):
+                raise ValueError(
+                    "AMTML mixes teachers of the same classes: every teacher "
+                    "must cover all the student's classes (generalists). "
+                    f"Received teachers covering {[t.classes for t in teachers]}. "
+                    "For specialists of class groups, use a "
+                    "`keras_edu.GradedStudent` curriculum (a group covered by "
+                    "several teachers is taught by AMTML) or the default "
+                    "`SoftTargetKD`."
+                )
+            group = routing.groups[0]
+            self.plain_branch = GroupBranch(group.columns, group.members)
+            self.plain_branch.student_columns = None  # all, in order
+            return
+        if loss.feature_layer is not None:
+            raise ValueError(
+                "With a `keras_edu.GradedStudent`, `AMTML(feature_layer=...)` "
+                "must be None: beta is the output of the grade's last stage. "
+                f"Received: feature_layer={loss.feature_layer!r}."
+            )
+        # Every hint reads a stage; check them all now, not at the grade
+        # where they start to teach.
+        stages = {stage.name: j for j, stage in enumerate(graded.stages)}
+        for index, (student_layer, k, teacher_layer) in enumerate(loss.hints):
+            if student_layer not in stages:
+                raise ValueError(
+                    f"hints[{index}] reads the student layer '{student_layer}'; "
+                    "with a `keras_edu.GradedStudent` a hint reads the output "
+                    f"of a stage, one of {list(stages)}."
+                )
+            self.regressors[index] = loss.make_hint_regressor(
+                index,
+                graded._stage_shapes[stages[student_layer]],
+                self.teacher_taps[k].shapes[teacher_layer],
+                name=f"hint_regressor_{index}",
+            )
+
+    def refresh(self):
+        """Taps, TeacherImportance and active hints of the current student."""
+        distiller, loss = self.distiller, self.loss
+        graded = distiller.graded_student
+        if graded is None:
+            self.beta = loss.feature_layer or last_feature_layer(
+                distiller.student, "the student"
+            )
+            self.active = list(range(len(loss.hints)))
+            importance_name = "teacher_importance"
+        else:
+            grade = distiller.grade
+            # beta: the output of the grade's last stage, the input of its
+            # teaching-reference block.
+            self.beta = graded.stages[grade - 1].name
+            present = {stage.name for stage in graded.stages[:grade]}
+            teaching = {
+                k for branch in distiller._grade_routing.branches
+                for k, _ in branch.members
+            }
+            self.active = [
+                i
+                for i, (student_layer, k, _) in enumerate(loss.hints)
+                if student_layer in present and k in teaching
+            ]
+            importance_name = f"teacher_importance_grade{grade}"
+        self.student_taps = FeatureTaps(
+            distiller.student,
+            [self.beta] + [loss.hints[i][0] for i in self.active],
+            role="the student",
+        )
+        for i in self.active:
+            if i not in self.regressors:
+                student_layer, k, teacher_layer = loss.hints[i]
+                self.regressors[i] = loss.make_hint_regressor(
+                    i,
+                    self.student_taps.shapes[student_layer],
+                    self.teacher_taps[k].shapes[teacher_layer],
+                    name=f"hint_regressor_{i}",
+                )
+        distiller._retrack(
+            teacher_importance=loss.make_teacher_importance(
+                len(distiller.teachers),
+                self.student_taps.shapes[self.beta],
+                importance_name,
+            ),
+            hint_regressors=[self.regressors[i] for i in self.active],
+        )
+
+    def teacher_forward(self, k, x):
+        """Teacher k's float32 logits and hint maps, one pass, no gradient."""
+        teacher = self.distiller.teachers[k]
+        taps = self.teacher_taps[k]
+        if taps is None:
+            return ops.stop_gradient(ops.cast(teacher(x), "float32")), {}
+        logits, maps = taps(x, training=False)
+        # As `Teacher.call`: the teacher's activity losses are not the
+        # student's.
+        teacher.model._clear_losses()
+        maps = {name: ops.stop_gradient(m) for name, m in maps.items()}
+        return ops.stop_gradient(ops.cast(logits, "float32")), maps
+
+    def branch(self, branch):
+        """`run(x, logits, features)`: AMTML terms of one group of teachers.
+
+        Returns a dict: `kd`, `hint` per row; `angle`, `distance` scalars;
+        `weights` `(n, K)` (0 for teachers outside the group) and `teaches`
+        `(n, K)` (1 for the group's teachers), K being all teachers.
+        """
+        distiller, loss = self.distiller, self.loss
+        num_teachers = len(distiller.teachers)
+        members = [k for k, _ in branch.members]
+        hints = [i for i in self.active if loss.hints[i][1] in members]
+        scatter = np.zeros((max(len(members), 1), num_teachers), "float32")
+        for j, k in enumerate(members):
+            scatter[j, k] = 1.0
+        teaches = scatter.sum(axis=0, keepdims=True)
+
+        def run(x, logits, features):
+            zero = ops.zeros_like(logits[:, 0])
+            # (n, K) rows of the group's teachers.
+            teaching = ops.expand_dims(zero, 1) + ops.convert_to_tensor(teaches)
+            if not members:
+                return {
+                    "kd": zero, "hint": zero,
+                    "angle": ops.sum(zero), "distance": ops.sum(zero),
+                    "weights": teaching, "teaches": teaching,
+                }
+            outputs = {k: self.teacher_forward(k, x) for k in members}
+            targets = [
+                outputs[k][0] if columns is None
+                else ops.take(outputs[k][0], columns, axis=1)
+                for k, columns in branch.members
+            ]
+            student = logits
+            if branch.student_columns is not None:
+                student = ops.take(logits, branch.student_columns, axis=1)
+            if len(members) == 1:
+                # A lone teacher weighs 1 (a softmax over one score).
+                weights = ops.expand_dims(ops.ones_like(zero), 1)
+            else:
+                scores = distiller.teacher_importance.scores(features[self.beta])
+                if members != list(range(num_teachers)):
+                    scores = ops.take(scores, members, axis=1)
+                weights = ops.softmax(scores, axis=-1)
+            pairs = [
+                (
+                    outputs[loss.hints[i][1]][1][loss.hints[i][2]],
+                    self.regressors[i](features[loss.hints[i][0]]),
+                )
+                for i in hints
+            ]
+            terms = loss.group_terms(targets, student, weights, pairs)
+            if members != list(range(num_teachers)):
+                weights = ops.matmul(weights, scatter)
+            terms["weights"] = weights
+            terms["teaches"] = teaching
+            return terms
+
+        return run

@@ -4,6 +4,7 @@ import bisect
 
 import keras
 
+from keras_edu.curriculum import DEFAULT_ORDER
 from keras_edu.curriculum import ORDERS
 
 
@@ -30,10 +31,12 @@ class GradeCallback(keras.callbacks.Callback):
         init_new_head_from_old: Copy the rows of the classes already seen
             from the old classifier into the new one when shapes allow.
             Defaults to False (faithful to the method).
-        order: Batch order of the curriculum built by `Distiller.fit`:
-            `"interleaved"` (default; homogeneous batches of all seen groups
-            in random order) or `"sequential"` (all group-1 batches, then
-            group 2, ..., as the reference code).
+        order: Batch layout of the curriculum built by `Distiller.fit`:
+            `"stratified"` (default; every batch holds all seen groups in
+            proportion, each specialist distils its own rows),
+            `"interleaved"` (batches of one group each, in random order) or
+            `"sequential"` (all group-1 batches, then group 2, ..., as the
+            reference code). See `keras_edu.CurriculumDataset`.
         seed: Seed of the curriculum's shuffles.
 
     Example:
@@ -71,7 +74,7 @@ class GradeCallback(keras.callbacks.Callback):
         boundaries,
         optimizer_state="reset",
         init_new_head_from_old=False,
-        order="interleaved",
+        order=DEFAULT_ORDER,
         seed=None,
     ):
         super().__init__()

@@ -57,6 +57,10 @@ class Teacher(keras.layers.Layer):
         self.model.trainable = False
         self.trainable = False
         self.classes = _validate_classes(classes, output_width(model))
+        # Nothing to build: the wrapped model builds itself when called. Built
+        # now, the first call inside `torch.compile` (`jit_compile=True` on
+        # PyTorch) does not trace Keras's build machinery, which fails there.
+        self.built = True
 
     @property
     def metrics(self):

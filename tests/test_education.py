@@ -37,28 +37,29 @@ def _graded_student(partition, input_shape=(8, 8, 1)):
 
 
 class _CallCounter(keras.layers.Layer):
-    """Counts how many times its call *executes* (not traces), per backend."""
+    """Records the batch size of each call it *executes* (not traces)."""
 
     def __init__(self, counts, key, **kwargs):
         super().__init__(**kwargs)
         # A closure, not an attribute: Keras would track (copy) a dict.
-        def bump(*args):
-            counts[key] = counts.get(key, 0) + 1
+        def bump(rows):
+            counts.setdefault(key, []).append(int(rows))
             return np.zeros((), "float32")
 
         self._bump = bump
 
     def call(self, inputs):
+        rows = ops.shape(inputs)[0]
         if BACKEND == "tensorflow":
             import tensorflow as tf
 
-            tf.numpy_function(self._bump, [], Tout=tf.float32, stateful=True)
+            tf.numpy_function(self._bump, [rows], Tout=tf.float32, stateful=True)
         elif BACKEND == "jax":
             import jax
 
-            jax.debug.callback(self._bump)
+            jax.debug.callback(self._bump, rows)
         else:
-            self._bump()
+            self._bump(rows)
         return inputs
 
 
@@ -295,7 +296,8 @@ class _Recorder(keras.callbacks.Callback):
         }
 
 
-def test_three_grades_in_one_fit():
+@pytest.mark.parametrize("order", ["stratified", "interleaved"])
+def test_three_grades_in_one_fit(order):
     keras.utils.set_random_seed(1)
     counts = {}
     distiller = _distiller(counts=counts)
@@ -309,16 +311,25 @@ def test_three_grades_in_one_fit():
     counts.clear()  # torch runs symbolic builds for real; count training only
     history = distiller.fit(
         x, y, epochs=5, batch_size=8, verbose=0, validation_data=(x, y),
-        callbacks=[recorder, keras_edu.GradeCallback(boundaries=[2, 4])],
+        callbacks=[recorder, keras_edu.GradeCallback(boundaries=[2, 4], order=order)],
     )
     # Switches at the right epochs, and every epoch logs its grade.
     assert history.history["grade"] == [1, 1, 2, 2, 3]
     # Only groups 1..g are served: 24 samples per group, batches of 8.
     assert recorder.steps == [3, 3, 6, 6, 9]
     assert recorder.param_steps == [3, 3, 6, 6, 9]
-    # Exactly one teacher runs per step: the batch group's specialist.
-    assert sum(counts.values()) == sum(recorder.steps)
-    assert counts == {0: 3 + 3 + 3 + 3 + 3, 1: 3 + 3 + 3, 2: 3}
+    calls = {k: len(rows) for k, rows in counts.items()}
+    if order == "interleaved":
+        # Exactly one teacher runs per step: the batch group's specialist.
+        assert sum(calls.values()) == sum(recorder.steps)
+        assert calls == {0: 3 + 3 + 3 + 3 + 3, 1: 3 + 3 + 3, 2: 3}
+    else:
+        # Each seen group's specialist runs once per step on its own block
+        # (8 rows: 8; 4 + 4; 3 + 3 + 2), so a step is one teacher pass.
+        assert calls == {0: 3 + 3 + 6 + 6 + 9, 1: 6 + 6 + 9, 2: 9}
+        assert set(counts[0]) == {8, 4, 3} and set(counts[1]) == {4, 3}
+        assert set(counts[2]) == {2}
+        assert sum(sum(rows) for rows in counts.values()) == 8 * sum(recorder.steps)
     # The switch itself leaves surviving weights untouched, by value.
     for boundary in (2, 4):
         for before, after in zip(recorder.end[boundary - 1]["stage1"], recorder.begin[boundary]["stage1"]):
@@ -354,7 +365,9 @@ def test_curriculum_from_tf_data_is_homogeneous():
     partition = keras_edu.ClassPartition.contiguous(6, "1:1:1")
     x, y = _data(per_class=5)
     dataset = tf.data.Dataset.from_tensor_slices((x, y))
-    data = keras_edu.CurriculumDataset(dataset, partition=partition, batch_size=4, grade=2)
+    data = keras_edu.CurriculumDataset(
+        dataset, partition=partition, batch_size=4, grade=2, order="interleaved"
+    )
     assert len(data) == 2 * 3  # ceil(10 / 4) batches for each of 2 groups
     seen = []
     for i in range(len(data)):
@@ -362,6 +375,23 @@ def test_curriculum_from_tf_data_is_homogeneous():
         assert len(set(partition.group_of(labels).tolist())) == 1
         seen.extend(labels.tolist())
     assert sorted(seen) == sorted(y[y < 4].tolist())
+
+
+def test_stratified_curriculum_from_tf_data():
+    tf = pytest.importorskip("tensorflow")
+    partition = keras_edu.ClassPartition.contiguous(6, "1:1:1")
+    x, y = _data(per_class=6)
+    dataset = tf.data.Dataset.from_tensor_slices((x, y))
+    data = keras_edu.CurriculumDataset(
+        dataset, partition=partition, batch_size=6, grade=3, order="stratified"
+    )
+    assert data.block_sizes() == (2, 2, 2) and len(data) == 6
+    served = []
+    for i in range(len(data)):
+        labels = data[i][1]
+        assert partition.group_of(labels).tolist() == [0, 0, 1, 1, 2, 2]
+        served.extend(labels.tolist())
+    assert sorted(served) == sorted(y.tolist())  # one pass over each group
 
 
 def test_carry_keeps_momentum_of_surviving_variables():
@@ -494,3 +524,91 @@ def test_specialist_must_cover_its_group():
     teachers = [_specialist([0, 1]), _specialist([2, 3, 4]), _specialist([5])]
     with pytest.raises(ValueError, match=r"teachers\[1\]"):
         keras_edu.Distiller(_graded_student(partition), teachers)
+
+
+def _numpy_softmax(z):
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _numpy_graded_loss(distiller, x, y, alpha=0.3, temperature=4.0):
+    """The method's loss per example, by hand: CE over the seen classes plus
+    T^2 KL(teacher of the row's group || student at that group's columns)."""
+    partition = distiller.graded_student.partition
+    seen = partition.classes_up_to(distiller.grade)
+    z = ops.convert_to_numpy(distiller.student(x, training=False)).astype("float64")
+    column = {c: i for i, c in enumerate(seen)}
+    log_p = np.log(_numpy_softmax(z))
+    cross_entropy = -log_p[np.arange(len(y)), [column[c] for c in y]]
+    kd = np.zeros(len(y))
+    for row, label in enumerate(y):
+        group = int(partition.group_of(np.array([label]))[0])
+        teacher = distiller.teachers[group].model
+        t = ops.convert_to_numpy(teacher(x[row : row + 1], training=False)).astype("float64")
+        cols = [column[c] for c in partition.groups[group]]
+        p = _numpy_softmax(t / temperature)
+        q = _numpy_softmax(z[row : row + 1, cols] / temperature)
+        kd[row] = temperature**2 * np.sum(p * (np.log(p) - np.log(q)))
+    return alpha * cross_entropy.mean() + (1 - alpha) * kd.mean()
+
+
+@pytest.mark.parametrize("layout", ["one_group", "stratified"])
+def test_graded_loss_matches_numpy_reference(layout):
+    keras.utils.set_random_seed(3)
+    distiller = _distiller()
+    distiller.set_grade(3)
+    x, y = _data(per_class=3, seed=2)
+    if layout == "one_group":
+        keep = y >= 4  # a batch of group 3 only: its specialist teaches
+        x, y = x[keep], y[keep]
+    else:
+        # Blocks of groups 1, 2, 3 in that order, as CurriculumDataset lays
+        # out a stratified batch; each specialist distils its block only.
+        order = np.argsort(y, kind="stable")
+        x, y = x[order], y[order]
+        distiller._blocks = (6, 6, 6)
+    logits = distiller.student(x, training=False)
+    loss = distiller.compute_loss(x, ops.convert_to_tensor(y), logits, training=True)
+    np.testing.assert_allclose(
+        float(ops.convert_to_numpy(loss)), _numpy_graded_loss(distiller, x, y), rtol=1e-5
+    )
+
+
+def test_stratified_batches_hold_every_seen_group_in_blocks():
+    partition = keras_edu.ClassPartition.contiguous(6, "1:1:1")
+    x, y = _data(per_class=5)  # 10 samples per group
+    y_kept = np.concatenate([y[y < 4], y[y >= 4][:4]])  # group 3 has 4 samples
+    x_kept = np.concatenate([x[y < 4], x[y >= 4][:4]])
+    data = keras_edu.CurriculumDataset(
+        x_kept, y_kept, partition=partition, batch_size=6, order="stratified", seed=0
+    )
+    assert data.block_sizes() == (6,) and len(data) == 2  # ceil(10 / 6)
+    data.set_grade(3)
+    # 10 : 10 : 4 of 6 rows -> 2.5, 2.5, 1.0 -> largest remainders first.
+    assert data.block_sizes() == (3, 2, 1)
+    assert len(data) == 4  # ceil(24 / 6)
+    served = []
+    for i in range(len(data)):
+        _, labels = data[i]
+        assert len(labels) == 6  # every batch is full
+        groups = partition.group_of(labels).tolist()
+        assert groups == [0, 0, 0, 1, 1, 2]
+        served.extend(labels.tolist())
+    # Group 1's ten samples are served 12 times in the epoch: all ten, then
+    # two of a fresh pass; groups 2 and 3 are served 8 and 4 times.
+    assert set(y_kept[y_kept < 2].tolist()) <= set(served)
+    counts = np.bincount(partition.group_of(np.array(served)), minlength=3)
+    assert counts.tolist() == [12, 8, 4]
+
+
+def test_stratified_batch_size_must_fit_the_groups():
+    partition = keras_edu.ClassPartition.contiguous(6, "1:1:1")
+    x, y = _data(per_class=4)
+    # Refused at construction, not at the grade-3 boundary in the middle
+    # of `fit`: the last grade's batches need one row of each of 3 groups.
+    with pytest.raises(ValueError, match="batch_size"):
+        keras_edu.CurriculumDataset(x, y, partition=partition, batch_size=2, grade=1)
+    keras_edu.CurriculumDataset(
+        x, y, partition=partition, batch_size=2, order="interleaved"
+    )

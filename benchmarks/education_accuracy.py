@@ -1,0 +1,271 @@
+"""Fashion-MNIST accuracy of education distillation against its baselines.
+
+Trains, with the same student architecture, data and epoch budget:
+
+    scratch        the student alone (cross-entropy)
+    kd             Hinton KD from one full teacher
+    ed_stratified  education distillation, three specialists, batches that
+                   hold every seen group (the library's default)
+    ed_interleaved education distillation, one group per batch, random order
+    ed_sequential  education distillation, one group per batch, group by group
+                   (the reference code's order)
+    ed_init_head   ed_stratified, with the new classifier's rows of classes
+                   already seen copied from the old one at each boundary
+
+for each seed, and prints mean +- std of the test top-1 at the last and at
+the best epoch, plus the per-group test top-1 at the end of each grade (so
+forgetting shows). Teachers (one full, three specialists; ResNet-20 by
+default) are trained once with seed 0 and cached, so every method and seed
+learns from the same teachers. Each run is also written as JSON under
+`--out_dir` (a finished run is not run again), so an interrupted benchmark
+resumes where it stopped.
+
+Usage:
+
+    KERAS_BACKEND=tensorflow python benchmarks/education_accuracy.py \
+        --seeds 0,1,2 --epochs 6 --boundaries 2,4 --train_size 20000
+
+The test split is always the full 10,000 images, evaluated in inference mode
+after every epoch.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+
+import keras
+import numpy as np
+
+import keras_edu
+
+GROUPS = "1:1:1"  # 10 classes -> [0, 3), [3, 6), [6, 10)
+METHODS = (
+    "scratch", "kd", "ed_stratified", "ed_interleaved", "ed_sequential", "ed_init_head"
+)
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--boundaries", default="2,4")
+    parser.add_argument("--train_size", type=int, default=20000, help="0: all 60,000.")
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--student", default="resnet8")
+    parser.add_argument("--teacher", default="resnet20")
+    parser.add_argument("--teacher_epochs", type=int, default=6)
+    parser.add_argument("--out_dir", default="runs/education_accuracy")
+    args = parser.parse_args()
+    args.methods = args.methods.split(",")
+    unknown = sorted(set(args.methods) - set(METHODS))
+    if unknown:
+        parser.error(f"unknown --methods {unknown}; choose from {METHODS}")
+    args.seeds = [int(s) for s in args.seeds.split(",")]
+    args.boundaries = [int(b) for b in args.boundaries.split(",")]
+    return args
+
+
+def load_data(train_size):
+    (x, y), (x_test, y_test) = keras_edu.data.load_fashion_mnist()
+    if train_size:
+        keep = np.random.default_rng(0).permutation(len(x))[:train_size]
+        x, y = x[keep], y[keep]
+    # Fashion-MNIST's mean and std of pixel values.
+    scale = lambda images: ((images[..., None] / 255.0 - 0.286) / 0.353).astype("float32")
+    return (scale(x), y.astype("int32")), (scale(x_test), y_test.astype("int32"))
+
+
+def sgd(lr, steps_per_epoch, epochs):
+    # Cosine decay over the whole run: one schedule across grade boundaries.
+    schedule = keras.optimizers.schedules.CosineDecay(lr, steps_per_epoch * epochs)
+    return keras.optimizers.SGD(schedule, momentum=0.9)
+
+
+def train_teachers(args, data):
+    """The full teacher and the specialists, trained once and cached."""
+    (x, y), (x_test, y_test) = data
+    partition = keras_edu.ClassPartition.contiguous(10, GROUPS)
+    cache = os.path.join(args.out_dir, "teachers")
+    os.makedirs(cache, exist_ok=True)
+    jobs = [("full", list(range(10)))] + [
+        (f"group{k + 1}", group) for k, group in enumerate(partition.groups)
+    ]
+    teachers, scores = {}, {}
+    for name, classes in jobs:
+        path = os.path.join(cache, f"{name}.keras")
+        local = np.full(10, -1)
+        local[classes] = np.arange(len(classes))
+        keep, keep_test = np.isin(y, classes), np.isin(y_test, classes)
+        if os.path.exists(path):
+            model = keras.saving.load_model(path)
+        else:
+            keras.utils.set_random_seed(0)
+            model = keras_edu.models.get(
+                args.teacher, num_classes=len(classes), input_shape=(28, 28, 1)
+            )
+            steps = -(-int(keep.sum()) // args.batch_size)
+            model.compile(
+                sgd(args.lr, steps, args.teacher_epochs),
+                keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                metrics=["accuracy"],
+            )
+            model.fit(x[keep], local[y[keep]], epochs=args.teacher_epochs,
+                      batch_size=args.batch_size, verbose=2)
+            model.save(path)
+        predictions = np.argmax(model.predict(x_test[keep_test], verbose=0), -1)
+        scores[name] = float(np.mean(predictions == local[y_test[keep_test]]))
+        teachers[name] = keras_edu.Teacher(model, classes=classes)
+    return teachers, scores
+
+
+class PerGroupTop1(keras.callbacks.Callback):
+    """Test top-1, overall and per class group, after every epoch.
+
+    Uses the current grade's student: classes it cannot predict yet count
+    as errors, so a group not yet seen scores 0.
+    """
+
+    def __init__(self, x, y, partition):
+        super().__init__()
+        self.x, self.y, self.partition = x, y, partition
+        self.top1, self.per_group, self.grades, self.seconds = [], [], [], []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(time.perf_counter() - self._start)
+        student = getattr(self.model, "student", self.model)
+        grade = getattr(self.model, "grade", None)
+        graded = getattr(self.model, "graded_student", None)
+        columns = np.argmax(student.predict(self.x, batch_size=500, verbose=0), -1)
+        if graded is not None:
+            classes = np.asarray(self.partition.classes_up_to(grade))
+            predictions = classes[columns]
+        else:
+            predictions = columns
+        correct = predictions == self.y
+        self.top1.append(float(correct.mean()))
+        self.per_group.append(
+            [float(correct[np.isin(self.y, g)].mean()) for g in self.partition.groups]
+        )
+        self.grades.append(grade or 0)
+
+
+def run(method, seed, args, data, teachers):
+    (x, y), (x_test, y_test) = data
+    partition = keras_edu.ClassPartition.contiguous(10, GROUPS)
+    keras.utils.set_random_seed(seed)
+    student = keras_edu.models.get(args.student, num_classes=10, input_shape=(28, 28, 1))
+    steps = -(-len(x) // args.batch_size)
+    callbacks = []
+    if method == "scratch":
+        model = student
+        model.compile(
+            sgd(args.lr, steps, args.epochs),
+            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+    elif method == "kd":
+        model = keras_edu.Distiller(student, [teachers["full"]])
+        model.compile(sgd(args.lr, steps, args.epochs))
+    else:
+        graded = keras_edu.GradedStudent.from_model(
+            student, keras_edu.models.stage_ends(args.student), partition
+        )
+        model = keras_edu.Distiller(
+            graded, [teachers[f"group{k + 1}"] for k in range(partition.num_groups)]
+        )
+        model.compile(sgd(args.lr, steps, args.epochs))
+        init_head = method == "ed_init_head"
+        callbacks.append(
+            keras_edu.GradeCallback(
+                boundaries=args.boundaries,
+                order="stratified" if init_head else method.split("_")[1],
+                init_new_head_from_old=init_head,
+                seed=seed,
+            )
+        )
+    probe = PerGroupTop1(x_test, y_test, partition)
+    model.fit(x, y, epochs=args.epochs, batch_size=args.batch_size, verbose=2,
+              callbacks=callbacks + [probe])
+    at_boundaries = {
+        str(epoch): probe.per_group[epoch - 1] for epoch in args.boundaries
+    }
+    return {
+        "method": method,
+        "seed": seed,
+        "backend": keras.backend.backend(),
+        "keras_version": keras.__version__,
+        "epochs": args.epochs,
+        "boundaries": args.boundaries if method.startswith("ed") else [],
+        "train_size": len(x),
+        "top1_last": probe.top1[-1],
+        "top1_best": max(probe.top1),
+        "top1_by_epoch": probe.top1,
+        "per_group_top1": probe.per_group[-1],
+        "per_group_top1_by_epoch": probe.per_group,
+        "per_group_top1_before_boundary": at_boundaries,
+        "epoch_seconds": probe.seconds,
+    }
+
+
+def mean_std(values):
+    if len(values) == 1:
+        return f"{100 * values[0]:.2f}"
+    return f"{100 * statistics.mean(values):.2f} +- {100 * statistics.stdev(values):.2f}"
+
+
+def print_table(results, args, teacher_scores):
+    print(f"\nFashion-MNIST, {args.student} student, {args.teacher} teachers, "
+          f"{results[0]['train_size'] if results else '?'} training images, "
+          f"{args.epochs} epochs (ED boundaries {args.boundaries}), "
+          f"backend {keras.backend.backend()}, keras {keras.__version__}, "
+          f"{platform.processor() or platform.machine()}")
+    print("Teachers' test top-1:", {k: round(100 * v, 2) for k, v in teacher_scores.items()})
+    print()
+    groups = "groups 1/2/3 at " + ", ".join(f"epoch {b}" for b in args.boundaries) + ", end"
+    print(f"| method | seeds | top-1 last | top-1 best | {groups} | s/epoch |")
+    print("|---|---|---|---|---|---|")
+    for method in args.methods:
+        rows = [r for r in results if r["method"] == method]
+        if not rows:
+            continue
+        snapshots = [
+            [statistics.mean(r["per_group_top1_before_boundary"][str(b)][k] for r in rows)
+             for k in range(3)]
+            for b in args.boundaries
+        ] + [[statistics.mean(r["per_group_top1"][k] for r in rows) for k in range(3)]]
+        cell = "; ".join("/".join(f"{100 * v:.1f}" for v in s) for s in snapshots)
+        seconds = statistics.mean(statistics.mean(r["epoch_seconds"]) for r in rows)
+        print(f"| {method} | {len(rows)} | {mean_std([r['top1_last'] for r in rows])} "
+              f"| {mean_std([r['top1_best'] for r in rows])} | {cell} | {seconds:.1f} |")
+
+
+def main():
+    args = parse_args()
+    os.makedirs(args.out_dir, exist_ok=True)
+    data = load_data(args.train_size)
+    teachers, teacher_scores = train_teachers(args, data)
+    results = []
+    for seed in args.seeds:
+        for method in args.methods:
+            path = os.path.join(args.out_dir, f"{method}_seed{seed}.json")
+            if os.path.exists(path):
+                with open(path) as f:
+                    results.append(json.load(f))
+                continue
+            result = run(method, seed, args, data, teachers)
+            with open(path, "w") as f:
+                json.dump(result, f, indent=1)
+            results.append(result)
+            print_table(results, args, teacher_scores)
+    print_table(results, args, teacher_scores)
+
+
+if __name__ == "__main__":
+    main()

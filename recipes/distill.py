@@ -1,0 +1,554 @@
+r"""Trains a student with one distillation method and records how it did.
+
+Methods (`--method`):
+
+- `scratch`: the student alone, cross-entropy on the labels.
+- `kd`: Hinton KD from one full teacher (`keras_edu.Distiller`).
+- `aver`: KD from several full teachers whose probabilities are averaged
+  (the Distiller's default for teachers over the same classes).
+- `amtml`: adaptive multi-teacher multi-level KD (`keras_edu.losses.AMTML`).
+- `ed`: education distillation: the student (a `keras_edu.models`
+  architecture split at its stages by `keras_edu.GradedStudent`) grows one
+  stage per grade inside one `fit()`, driven by `keras_edu.GradeCallback`,
+  each group of classes taught by its specialist
+  (`keras_edu.Teacher(model, classes=group)`).
+- `ed_amtml`: education distillation with the AMTML term in each grade.
+
+The student is scored in inference mode on the real test split after every
+epoch. The results JSON holds the last and best top-1, the per-group top-1
+at the end, at each grade boundary and after every epoch, the epoch times,
+and the path of the saved student (`.keras`, a plain Keras model).
+
+Usage:
+
+    python recipes/distill.py --method=kd --teachers=runs/t/teacher_full.keras \
+        --student=cnn16 --results=runs/kd.json
+    python recipes/distill.py --method=ed --teachers=runs/s/teachers.json \
+        --student=cnn16 --boundaries=2,4 --epochs=6 --results=runs/ed.json
+    python recipes/distill.py --config=cifar100_resnet110_resnet20 --method=ed \
+        --teachers=runs/c100_specialists/teachers.json --results=runs/c100_ed.json
+"""
+
+import dataclasses
+import json
+import os
+
+from absl import app
+from absl import flags
+import keras
+import numpy as np
+
+import common
+import configs
+import keras_edu
+from keras_edu.curriculum import DEFAULT_ORDER
+from keras_edu.curriculum import ORDERS
+
+METHODS = ("scratch", "kd", "aver", "amtml", "ed", "ed_amtml")
+GRADED_METHODS = ("ed", "ed_amtml")
+AMTML_METHODS = ("amtml", "ed_amtml")
+
+
+def define_flags(flag_values):
+    common.define_data_flags(flag_values)
+    common.define_training_flags(flag_values, configs.names())
+    flags.DEFINE_enum(
+        "method", None, METHODS,
+        "Distillation method: scratch (no teacher), kd (one full teacher), "
+        "aver (several full teachers, probabilities averaged), amtml, ed "
+        "(education distillation from specialists), ed_amtml.",
+        flag_values=flag_values,
+    )
+    flags.mark_flag_as_required("method", flag_values=flag_values)
+    flags.DEFINE_string(
+        "student", "resnet8",
+        "Student architecture: a keras_edu.models name (resnet8, resnet20, "
+        "wrn_16_2, ...) or `cnn<W>`, the recipes' 3-conv CNN (e.g. cnn16).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_string(
+        "teachers", "",
+        "Teacher `.keras` files, comma-separated; or the JSON manifest "
+        "written by train_teacher.py. For ed/ed_amtml the k-th file teaches "
+        "group k of --partition; separate groups with `;` to give a group "
+        "several teachers (`a.keras,b.keras;c.keras;d.keras`). A teacher "
+        "with as many logits as the data set has classes is a full teacher.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_string(
+        "partition", "1:1:1",
+        "Class groups: ratios (`1:1:1`, contiguous ranges) or explicit "
+        "groups (`0,1,2;3,4,5;6,7,8,9`). The grades of ed/ed_amtml; the "
+        "groups of the per-group top-1 for every method.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_list(
+        "boundaries", ["2", "4"],
+        "Epochs at which grades 2, 3, ... start (ed/ed_amtml: one per group "
+        "after the first, each < --epochs). Other methods record their "
+        "per-group top-1 there too.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_float(
+        "alpha", 0.3,
+        "Weight of the cross-entropy; 1 - alpha weighs the distillation term.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_float(
+        "temperature", 4.0, "Softmax temperature of the distillation term.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_enum(
+        "order", DEFAULT_ORDER, ORDERS,
+        "ed/ed_amtml: batch layout of the curriculum (see "
+        "keras_edu.CurriculumDataset).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_string(
+        "results", "runs/distill.json", "Path of the results JSON.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_string(
+        "student_out", None,
+        "Path of the trained student `.keras` (default: --results with "
+        "`.keras` in place of `.json`).",
+        flag_values=flag_values,
+    )
+
+
+@dataclasses.dataclass
+class DistillOptions:
+    """What a method needs beyond the optimisation settings."""
+
+    alpha: float = 0.3
+    temperature: float = 4.0
+    boundaries: tuple = ()
+    order: str = DEFAULT_ORDER
+
+
+def amtml_available():
+    """Whether keras_edu has the one-call AMTML term the amtml methods use."""
+    return hasattr(keras_edu.losses, "AMTML")
+
+
+def check_method(method):
+    """Refuses methods this keras_edu cannot run yet, before any work."""
+    if method not in METHODS:
+        raise common.RecipeError(
+            f"Unknown --method={method}. Valid methods: {', '.join(METHODS)}."
+        )
+    if method in AMTML_METHODS and not amtml_available():
+        raise common.RecipeError(
+            f"--method={method} needs the AMTML Distiller wiring "
+            "(`keras_edu.losses.AMTML` with the Distiller's feature taps), "
+            "which is not available in this keras_edu version yet; see "
+            "docs/many_teachers.md. Meanwhile use --method=aver (teachers' "
+            "probabilities averaged) or --method=ed."
+        )
+
+
+# ------------------------------------------------------------- teachers
+
+
+def parse_teacher_spec(spec, graded, num_groups):
+    """`--teachers` -> `[(path, group index or None, classes or None)]`.
+
+    `classes` comes from a train_teacher.py manifest; the group index from
+    the file's position when `graded` (the k-th file, or the k-th
+    `;`-separated list, teaches group k).
+    """
+    spec = (spec or "").strip()
+    if not spec:
+        return []
+    if spec.endswith(".json"):
+        return _read_manifest(spec)
+    if ";" in spec:
+        parts = [[p.strip() for p in part.split(",") if p.strip()] for part in spec.split(";")]
+        if graded and len(parts) != num_groups:
+            raise common.RecipeError(
+                f"--teachers lists {len(parts)} `;`-separated groups but "
+                f"--partition has {num_groups}. Give the teachers of each "
+                "group, in group order."
+            )
+        return [
+            (path, index if graded else None, None)
+            for index, paths in enumerate(parts)
+            for path in paths
+        ]
+    paths = [p.strip() for p in spec.split(",") if p.strip()]
+    by_position = graded and len(paths) == num_groups
+    return [(p, i if by_position else None, None) for i, p in enumerate(paths)]
+
+
+def _read_manifest(path):
+    if not os.path.isfile(path):
+        raise common.RecipeError(f"--teachers={path}: no such manifest file.")
+    try:
+        with open(path) as f:
+            entries = json.load(f)["teachers"]
+        base = os.path.dirname(os.path.abspath(path))
+        return [
+            (os.path.join(base, e["path"]), None, [int(c) for c in e["classes"]])
+            for e in entries
+        ]
+    except (ValueError, KeyError, TypeError):
+        raise common.RecipeError(
+            f"--teachers={path} is not a manifest written by train_teacher.py "
+            "(a JSON object with a `teachers` list of {path, classes})."
+        ) from None
+
+
+def load_teachers(spec, data, method, partition):
+    """Loads `--teachers` and decides which classes each one covers.
+
+    Returns:
+        A list of `(keras_edu.Teacher, info)` where `info` is a dict with
+        the file's `path` and `classes`.
+    """
+    graded = method in GRADED_METHODS
+    specs = parse_teacher_spec(spec, graded, partition.num_groups)
+    if method == "scratch":
+        if specs:
+            print("Note: --method=scratch trains without teachers; "
+                  "--teachers is ignored.")
+        return []
+    if not specs:
+        raise common.RecipeError(
+            f"--method={method} needs --teachers: `.keras` files or a "
+            "manifest from train_teacher.py."
+        )
+    teachers = []
+    for path, group_index, classes in specs:
+        model = _load_model(path)
+        common.check_input_shape(model, data, f"Teacher {path}")
+        width = model.outputs[0].shape[-1]
+        if classes is None:
+            classes = _classes_for(
+                path, width, data.num_classes, partition, group_index, method
+            )
+        elif len(classes) != width:
+            raise common.RecipeError(
+                f"Teacher {path} has {width} logits but its manifest entry "
+                f"lists {len(classes)} classes. Retrain it or fix the "
+                "manifest."
+            )
+        _check_teacher_classes(path, classes, data, method, partition)
+        teacher = keras_edu.Teacher(model, classes=classes)
+        teachers.append(
+            (teacher, {"path": os.path.abspath(path), "classes": list(classes)})
+        )
+    _check_teacher_count(method, teachers)
+    return teachers
+
+
+def _load_model(path):
+    if not os.path.isfile(path):
+        raise common.RecipeError(f"--teachers: no such file {path}.")
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as error:
+        raise common.RecipeError(
+            f"--teachers: cannot load {path} as a Keras model "
+            f"({type(error).__name__}: {error})."
+        ) from None
+
+
+def _classes_for(path, width, num_classes, partition, group_index, method):
+    """The classes a teacher file covers, from its width and position."""
+    if width == num_classes:
+        return list(range(num_classes))
+    if group_index is None:
+        if method in GRADED_METHODS:
+            fix = (
+                f"List one teacher per group of --partition ({partition.num_groups}), "
+                "in group order, separate the groups' teachers with `;`, or "
+                "pass the manifest of train_teacher.py."
+            )
+        else:
+            fix = (
+                f"--method={method} needs full teachers. For specialists of "
+                "class groups use --method=ed, or retrain the teacher on "
+                "every class (train_teacher.py without --partition)."
+            )
+        raise common.RecipeError(
+            f"Teacher {path} has {width} logits but the data set has "
+            f"{num_classes} classes. {fix}"
+        )
+    group = partition.groups[group_index]
+    if width != len(group):
+        raise common.RecipeError(
+            f"Teacher {path} has {width} logits, but it teaches group "
+            f"{group_index + 1} of --partition, which has {len(group)} "
+            f"classes ({group}). List the teachers in group order, pass the "
+            "--partition the specialists were trained with, or retrain the "
+            "teacher with train_teacher.py --partition=..."
+        )
+    return list(group)
+
+
+def _check_teacher_classes(path, classes, data, method, partition):
+    full = sorted(classes) == list(range(data.num_classes))
+    if max(classes) >= data.num_classes:
+        raise common.RecipeError(
+            f"Teacher {path} covers class ids up to {max(classes)} but "
+            f"--dataset={data.name} has {data.num_classes} classes."
+        )
+    if method in GRADED_METHODS:
+        if not full and sorted(classes) not in [sorted(g) for g in partition.groups]:
+            raise common.RecipeError(
+                f"Teacher {path} covers classes {sorted(classes)}, which are "
+                f"not one group of --partition ({partition.groups}). Pass the "
+                "partition the specialists were trained with."
+            )
+    elif not full:
+        raise common.RecipeError(
+            f"Teacher {path} is a specialist of {len(classes)} classes; "
+            f"--method={method} needs full teachers ({data.num_classes} "
+            "logits). Use --method=ed for specialists."
+        )
+
+
+def _check_teacher_count(method, teachers):
+    if method == "kd" and len(teachers) != 1:
+        raise common.RecipeError(
+            f"--method=kd distils one teacher but --teachers lists "
+            f"{len(teachers)}. Use --method=aver (or amtml) for several."
+        )
+    if method in ("aver", "amtml") and len(teachers) < 2:
+        raise common.RecipeError(
+            f"--method={method} combines several full teachers but "
+            f"--teachers lists {len(teachers)}. Give two or more, or use "
+            "--method=kd."
+        )
+
+
+# ---------------------------------------------------------------- train
+
+
+def check_boundaries(boundaries, method, partition, epochs):
+    """Validates `--boundaries`; non-graded methods keep those < epochs."""
+    values = list(boundaries)
+    if any(b >= a for a, b in zip(values[1:], values[:-1])):
+        raise common.RecipeError(
+            f"--boundaries must be strictly increasing. Received: {values}."
+        )
+    if method not in GRADED_METHODS:
+        return tuple(b for b in values if b < epochs)
+    needed = partition.num_groups - 1
+    if len(values) != needed:
+        raise common.RecipeError(
+            f"--method={method} with {partition.num_groups} groups in "
+            f"--partition needs {needed} --boundaries (the epochs at which "
+            f"grades 2..{partition.num_groups} start). Received: {values}."
+        )
+    if values and values[-1] >= epochs:
+        raise common.RecipeError(
+            f"--boundaries must be < --epochs={epochs}, or the last grades "
+            f"never train. Received: {values}."
+        )
+    return tuple(values)
+
+
+def graded_student(model, partition, arch):
+    """Splits a model at its `stage{k}_out` layers into one stage per group."""
+    stages = keras_edu.models.stage_ends(model)
+    if len(stages) != partition.num_groups:
+        raise common.RecipeError(
+            f"--student={arch} has {len(stages)} stages, but --partition has "
+            f"{partition.num_groups} groups; education distillation adds one "
+            f"stage per grade. Use a {len(stages)}-group partition, e.g. "
+            f"--partition={':'.join(['1'] * len(stages))}."
+        )
+    return keras_edu.GradedStudent.from_model(
+        model, split_at=stages, partition=partition
+    )
+
+
+def distill(data, method, student_arch, teachers, partition, settings, options, student_path):
+    """Trains a student with `method`, saves it, and returns its results.
+
+    Args:
+        data: A `common.Data`.
+        method: One of `METHODS`.
+        student_arch: The student's architecture name.
+        teachers: `load_teachers`' output (`[]` for scratch).
+        partition: The `keras_edu.ClassPartition` (grades and per-group
+            scores).
+        settings: A `common.TrainSettings`.
+        options: A `DistillOptions`.
+        student_path: Where to save the trained student (`.keras`).
+
+    Returns:
+        The results dict (see docs/recipes.md for the fields).
+    """
+    check_method(method)
+    print(f"\n== {method}: {student_arch} student on {data.name}")
+    keras.utils.set_random_seed(settings.seed)
+    target = common.build_model(
+        student_arch, data.num_classes, data.image_shape,
+        settings.weight_decay, "student",
+    )
+    evaluator = common.TestEvaluator(data.test_x, data.test_y, partition.groups)
+    if method == "scratch":
+        common.fit_plain(target, data, settings, callbacks=[evaluator])
+        student = target
+    else:
+        graded = method in GRADED_METHODS
+        distiller = keras_edu.Distiller(
+            graded_student(target, partition, student_arch) if graded else target,
+            [teacher for teacher, _ in teachers],
+            alpha=options.alpha,
+            temperature=options.temperature,
+            loss=keras_edu.losses.AMTML() if method in AMTML_METHODS else None,
+        )
+        distiller.compile(
+            optimizer=common.make_optimizer(settings), metrics=["accuracy"]
+        )
+        callbacks = [evaluator, *common.schedule_callbacks(settings)]
+        if graded:
+            callbacks.append(
+                keras_edu.GradeCallback(
+                    boundaries=list(options.boundaries),
+                    order=options.order,
+                    seed=settings.seed,
+                )
+            )
+            inputs = common.unbatched_inputs(data, settings)
+        else:
+            inputs = common.fit_inputs(data, settings)
+        distiller.fit(
+            epochs=settings.epochs, verbose=settings.verbose,
+            callbacks=callbacks, **inputs,
+        )
+        student = distiller.graduate()
+    student.save(student_path)
+    return results_dict(
+        data, method, student_arch, teachers, partition, settings, options,
+        evaluator, student, student_path,
+    )
+
+
+def results_dict(data, method, arch, teachers, partition, settings, options, evaluator, student, path):
+    by_epoch = evaluator.per_group
+    best = int(np.argmax(evaluator.top1))
+    graded = method in GRADED_METHODS
+    return {
+        "recipe": "distill",
+        "method": method,
+        "dataset": data.name,
+        **common.run_facts(settings.seed),
+        "epochs": settings.epochs,
+        "student": arch,
+        "teachers": [info for _, info in teachers],
+        "partition": partition.groups,
+        "boundaries": list(options.boundaries),
+        "order": options.order if graded else None,
+        "alpha": options.alpha if method != "scratch" else None,
+        "temperature": options.temperature if method != "scratch" else None,
+        "settings": settings.as_dict(),
+        "preprocessing": data.preprocessing(),
+        "train_examples": _train_size(data),
+        "test_examples": int(len(data.test_y)),
+        "top1_last": evaluator.top1[-1],
+        "top1_best": evaluator.top1[best],
+        "best_epoch": best + 1,
+        "top1_by_epoch": evaluator.top1,
+        "per_group_top1": by_epoch[-1],
+        "per_group_top1_at_boundaries": [
+            {"epoch": b, "per_group_top1": by_epoch[b - 1]}
+            for b in options.boundaries
+        ],
+        "per_group_top1_by_epoch": by_epoch,
+        "grade_by_epoch": evaluator.grades if graded else None,
+        "epoch_seconds": evaluator.seconds,
+        "train_seconds": round(float(sum(evaluator.seconds)), 3),
+        "student_params": int(student.count_params()),
+        "student_path": os.path.abspath(path),
+    }
+
+
+def _train_size(data):
+    if data.train_arrays is not None:
+        return int(len(data.train_arrays[1]))
+    return data.train.size
+
+
+def print_summary(results, file=None):
+    """The comparison table of one or more `distill` results."""
+    common.print_table(
+        results,
+        [
+            ("method", "method", "s"),
+            ("student", "student", "s"),
+            ("top-1 last", "top1_last", ".4f"),
+            ("top-1 best", "top1_best", ".4f"),
+            ("per-group top-1", lambda r: common.format_groups(r["per_group_top1"]), "s"),
+            ("s/epoch", lambda r: float(np.mean(r["epoch_seconds"])), ".1f"),
+            ("params", "student_params", ",d"),
+        ],
+        title=f"Students on {results[0]['dataset']} (test split, "
+        f"{results[0]['test_examples']} images, {results[0]['backend']})",
+        file=file,
+    )
+
+
+def body(flag_values):
+    common.resolve_flags(flag_values, configs, {})
+    method = flag_values.method
+    check_method(method)
+    settings = common.settings_from_flags(flag_values)
+    options = DistillOptions(
+        alpha=flag_values.alpha,
+        temperature=flag_values.temperature,
+        boundaries=common.int_list(flag_values.boundaries, "boundaries", minimum=1),
+        order=flag_values.order,
+    )
+    _check_options(options)
+    common.check_arch(flag_values.student, "student")
+    results = flag_values.results
+    student_out = flag_values.student_out or os.path.splitext(results)[0] + ".keras"
+    common.check_output_path(results, flag_values.overwrite, "results")
+    common.check_output_path(student_out, flag_values.overwrite, "student_out")
+    data = common.load_data(
+        flag_values.dataset,
+        data_dir=flag_values.data_dir,
+        image_size=common.parse_image_size(flag_values.image_size),
+        test_fraction=flag_values.test_fraction,
+        augment=flag_values.augment,
+        train_size=flag_values.train_size,
+        test_size=flag_values.test_size,
+        seed=flag_values.seed,
+    )
+    partition = common.parse_partition(flag_values.partition, data.num_classes)
+    options.boundaries = check_boundaries(
+        options.boundaries, method, partition, settings.epochs
+    )
+    teachers = load_teachers(flag_values.teachers, data, method, partition)
+    result = distill(
+        data, method, flag_values.student, teachers, partition, settings,
+        options, student_out,
+    )
+    result["quick"] = bool(flag_values.quick)
+    result["config"] = flag_values.config
+    common.write_json(results, result)
+    print_summary([result])
+    print(f"\nResults: {results}\nStudent: {student_out}")
+    return result
+
+
+def _check_options(options):
+    if not 0 <= options.alpha <= 1:
+        raise common.RecipeError(
+            f"--alpha must be in [0, 1]. Received: {options.alpha}."
+        )
+    if not options.temperature > 0:
+        raise common.RecipeError(
+            f"--temperature must be > 0. Received: {options.temperature}."
+        )
+
+
+main, run = common.entry_points(define_flags, body)
+
+if __name__ == "__main__":
+    define_flags(flags.FLAGS)
+    app.run(main)

@@ -1,0 +1,379 @@
+"""End-to-end tests of the recipes on tiny offline data (every backend).
+
+The recipes run in-process through their `run(argv)` entry points: tiny
+Fashion-MNIST IDX files written to a temporary folder, TFDS through
+`tfds.testing.mock_data`, and a generated JPEG folder. Models are
+`cnn4` (a 3-conv CNN with 4, 8, 16 channels) so that each run takes
+seconds.
+"""
+
+import gzip
+import json
+import os
+import struct
+import subprocess
+import sys
+
+from absl import flags
+import keras
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+tfds = pytest.importorskip("tensorflow_datasets")
+Image = pytest.importorskip("PIL.Image")
+
+RECIPES = os.path.abspath(
+    os.path.join(os.path.dirname(__file__), os.pardir, "recipes")
+)
+sys.path.insert(0, RECIPES)
+
+import common  # noqa: E402
+import configs  # noqa: E402
+import distill  # noqa: E402
+import fashion_mnist  # noqa: E402
+import train_teacher  # noqa: E402
+
+FAST = ["--batch_size=32", "--verbose=0", "--weight_decay=0"]
+
+
+# ---------------------------------------------------------------- data
+
+
+def _save_idx(path, array):
+    """Writes `array` (uint8) as a gzipped IDX file."""
+    header = struct.pack(
+        f">I{array.ndim}I", 2051 if array.ndim == 3 else 2049, *array.shape
+    )
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def tiny_fashion_mnist(folder, train=120, test=60):
+    """Learnable fake Fashion-MNIST: class c lights up row band c."""
+    rng = np.random.default_rng(0)
+    os.makedirs(folder, exist_ok=True)
+    for prefix, count in (("train", train), ("t10k", test)):
+        labels = np.arange(count) % 10
+        images = rng.integers(0, 60, (count, 28, 28))
+        for i, label in enumerate(labels):
+            images[i, 2 * label + 4 : 2 * label + 7, :] = 250
+        _save_idx(os.path.join(folder, f"{prefix}-images-idx3-ubyte.gz"), images)
+        _save_idx(os.path.join(folder, f"{prefix}-labels-idx1-ubyte.gz"), labels)
+    return str(folder)
+
+
+def jpeg_folder(root, classes=3, per_class=6, size=(20, 24)):
+    for c in range(classes):
+        os.makedirs(root / f"class_{c}", exist_ok=True)
+        for i in range(per_class):
+            pixels = np.full((*size, 3), 70 * c + i, np.uint8)
+            Image.fromarray(pixels).save(root / f"class_{c}" / f"img_{i}.jpg")
+    return root
+
+
+@pytest.fixture(scope="module")
+def fmnist(tmp_path_factory):
+    return tiny_fashion_mnist(tmp_path_factory.mktemp("fmnist"))
+
+
+@pytest.fixture(scope="module")
+def job(fmnist, tmp_path_factory):
+    """The main job with --quick on tiny data: 4 teachers, 3 students."""
+    out = tmp_path_factory.mktemp("job")
+    report = fashion_mnist.run(
+        [
+            "--quick", f"--data_dir={fmnist}", f"--out_dir={out}",
+            "--teacher=cnn4", "--student=cnn4", "--export=", "--verbose=0",
+        ]
+    )
+    return {"out": out, "report": report}
+
+
+@pytest.fixture(scope="module")
+def teachers(job):
+    folder = job["out"] / "teachers_seed0"
+    return {
+        "full": str(folder / "teacher_full.keras"),
+        "groups": [str(folder / f"teacher_group{k}.keras") for k in (1, 2, 3)],
+        "manifest": str(folder / "specialists.json"),
+    }
+
+
+def distill_args(fmnist, tmp_path, method, *extra):
+    return [
+        f"--method={method}",
+        f"--data_dir={fmnist}",
+        "--student=cnn4",
+        "--epochs=3",
+        "--boundaries=1,2",
+        f"--results={tmp_path / method}.json",
+        *FAST,
+        *extra,
+    ]
+
+
+def check_results(saved, method, test_examples):
+    for key in (
+        "method", "dataset", "backend", "keras_version", "seed", "epochs",
+        "top1_last", "top1_best", "per_group_top1", "per_group_top1_by_epoch",
+        "per_group_top1_at_boundaries", "boundaries", "epoch_seconds",
+        "student_params", "student_path",
+    ):
+        assert key in saved, key
+    assert saved["method"] == method
+    assert saved["backend"] == keras.backend.backend()
+    assert saved["epochs"] == 3 and len(saved["epoch_seconds"]) == 3
+    assert saved["boundaries"] == [1, 2]
+    by_epoch = saved["per_group_top1_by_epoch"]
+    assert len(by_epoch) == 3 and all(len(groups) == 3 for groups in by_epoch)
+    assert saved["per_group_top1"] == by_epoch[-1]
+    assert saved["per_group_top1_at_boundaries"] == [
+        {"epoch": 1, "per_group_top1": by_epoch[0]},
+        {"epoch": 2, "per_group_top1": by_epoch[1]},
+    ]
+    assert saved["top1_last"] == saved["top1_by_epoch"][-1]
+    assert saved["top1_best"] == max(saved["top1_by_epoch"])
+    assert saved["test_examples"] == test_examples
+    student = keras.saving.load_model(saved["student_path"], compile=False)
+    assert student.output_shape[-1] == 10
+    assert student.count_params() == saved["student_params"]
+    if method in distill.GRADED_METHODS:
+        assert saved["grade_by_epoch"] == [1, 2, 3]
+        # Grade 1 predicts only group 1: the other groups score 0.
+        assert by_epoch[0][1:] == [0.0, 0.0]
+        assert len(saved["teachers"]) == 3
+    else:
+        assert saved["grade_by_epoch"] is None
+
+
+# ------------------------------------------------------------- recipes
+
+
+def test_fashion_mnist_main_job_quick(job, fmnist):
+    report, out = job["report"], job["out"]
+    assert [s["method"] for s in report["students"]] == ["scratch", "kd", "ed"]
+    assert [t["kind"] for t in report["teachers"]] == ["full"] + ["specialist"] * 3
+    with open(out / "results_seed0.json") as f:
+        assert json.load(f)["students"][2]["method"] == "ed"
+    assert os.path.isfile(out / "student_ed_seed0.keras")
+    with pytest.raises(common.RecipeError, match="--overwrite"):
+        fashion_mnist.run([f"--data_dir={fmnist}", f"--out_dir={out}", "--quick"])
+
+
+@pytest.mark.parametrize("method", ["scratch", "kd", "ed"])
+def test_main_job_students_have_every_field(job, method):
+    with open(job["out"] / f"student_{method}_seed0.json") as f:
+        check_results(json.load(f), method, test_examples=60)
+
+
+def test_specialist_manifest(teachers):
+    with open(teachers["manifest"]) as f:
+        manifest = json.load(f)
+    assert manifest["partition"] == [[0, 1, 2], [3, 4, 5], [6, 7, 8, 9]]
+    assert manifest["backend"] == keras.backend.backend()
+    entries = manifest["teachers"]
+    assert [e["classes"] for e in entries] == manifest["partition"]
+    assert all(e["kind"] == "specialist" and 0 <= e["top1"] <= 1 for e in entries)
+    # Local labels: a specialist has one logit per class of its group.
+    model = keras.saving.load_model(teachers["groups"][2], compile=False)
+    assert model.output_shape == (None, 4)
+
+
+# scratch, kd and ed run end to end in the main job above; `distill.run`
+# trains on an image folder below. These take 5-25 s each on JAX.
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["aver", "amtml", "ed_amtml"])
+def test_distill_cli_end_to_end(fmnist, teachers, tmp_path, method):
+    if method in distill.AMTML_METHODS and not distill.amtml_available():
+        pytest.skip("keras_edu.losses.AMTML is not available yet.")
+    full = teachers["full"]
+    teacher_flag = teachers["manifest"] if method == "ed_amtml" else f"{full},{full}"
+    result = distill.run(
+        distill_args(fmnist, tmp_path, method, f"--teachers={teacher_flag}")
+    )
+    with open(tmp_path / f"{method}.json") as f:
+        saved = json.load(f)
+    assert saved == json.loads(json.dumps(result))
+    check_results(saved, method, test_examples=60)
+
+
+@pytest.mark.parametrize("method", distill.AMTML_METHODS)
+def test_amtml_methods_say_when_amtml_is_missing(fmnist, tmp_path, method, monkeypatch):
+    # A keras_edu without `keras_edu.losses.AMTML` refuses before any work.
+    monkeypatch.setattr(distill, "amtml_available", lambda: False)
+    with pytest.raises(common.RecipeError, match="AMTML Distiller wiring"):
+        distill.run(distill_args(fmnist, tmp_path, method))
+
+
+@pytest.fixture(scope="module")
+def tfds_teacher(tmp_path_factory):
+    """train_teacher.py on TFDS `cifar10` mock data (32x32x3)."""
+    out = tmp_path_factory.mktemp("tfds_teacher")
+    with tfds.testing.mock_data(num_examples=40):
+        manifest = train_teacher.run(
+            ["--dataset=cifar10", "--arch=cnn4", "--epochs=1", f"--out_dir={out}", *FAST]
+        )
+    return manifest
+
+
+def test_train_teacher_on_tfds_mock_data(tfds_teacher):
+    assert tfds_teacher["dataset"] == "cifar10"
+    assert tfds_teacher["preprocessing"]["image_shape"] == [32, 32, 3]
+    (entry,) = tfds_teacher["teachers"]
+    assert entry["kind"] == "full" and entry["classes"] == list(range(10))
+    assert entry["test_examples"] == 40 and os.path.isfile(entry["path"])
+
+
+def test_distill_on_image_folder(tmp_path):
+    root = jpeg_folder(tmp_path / "images")
+    result = distill.run(
+        [
+            f"--dataset={root}", "--image_size=16", "--method=scratch",
+            "--student=cnn4", "--epochs=1", "--partition=1:1:1",
+            f"--results={tmp_path / 'folder.json'}", *FAST,
+        ]
+    )
+    assert result["preprocessing"]["image_shape"] == [16, 16, 3]
+    # 20% of each class of 6 images is held out: 1 each.
+    assert result["test_examples"] == 3 and result["train_examples"] == 15
+    assert result["partition"] == [[0], [1], [2]]
+
+
+# ------------------------------------------------------------ bad input
+
+
+def test_unknown_dataset_lists_close_matches(tmp_path):
+    with pytest.raises(common.RecipeError, match="Did you mean: .*cifar100"):
+        distill.run(distill_args("x", tmp_path, "scratch", "--dataset=cifar1000"))
+
+
+def test_folder_without_class_subfolders(tmp_path):
+    root = tmp_path / "flat"
+    root.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "a.jpg")
+    with pytest.raises(common.RecipeError, match="no class sub-folders"):
+        distill.run(distill_args("x", tmp_path, "scratch", f"--dataset={root}"))
+
+
+def test_unreadable_image_is_named(tmp_path):
+    root = jpeg_folder(tmp_path / "images")
+    bad = root / "class_1" / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    with pytest.raises(common.RecipeError, match="broken.jpg"):
+        distill.run(distill_args("x", tmp_path, "scratch", f"--dataset={root}"))
+
+
+def test_fashion_mnist_missing_says_how_to_get_it(tmp_path):
+    with pytest.raises(common.RecipeError, match="apt-get install dataset-fashion-mnist"):
+        distill.run(distill_args(tmp_path / "empty", tmp_path, "scratch"))
+
+
+def test_teacher_input_shape_must_match_the_data(fmnist, tfds_teacher, tmp_path):
+    teacher = tfds_teacher["teachers"][0]["path"]  # Trained on 32x32x3.
+    with pytest.raises(common.RecipeError, match=r"shape \(32, 32, 3\), but --dataset=fashion_mnist gives \(28, 28, 1\)"):
+        distill.run(distill_args(fmnist, tmp_path, "kd", f"--teachers={teacher}"))
+
+
+def test_ratios_that_do_not_fit_the_classes(fmnist, tmp_path):
+    with pytest.raises(common.RecipeError, match="--partition=.*10 classes"):
+        distill.run(
+            distill_args(fmnist, tmp_path, "scratch", "--partition=" + ":".join(["1"] * 11))
+        )
+
+
+def test_specialist_whose_size_does_not_match_its_group(fmnist, teachers, tmp_path):
+    # Group 3 (4 classes) listed first, where group 1 (3 classes) belongs.
+    g1, g2, g3 = teachers["groups"]
+    with pytest.raises(common.RecipeError, match="has 4 logits, but it teaches group 1"):
+        distill.run(distill_args(fmnist, tmp_path, "ed", f"--teachers={g3},{g2},{g1}"))
+
+
+def test_kd_refuses_a_specialist(fmnist, teachers, tmp_path):
+    with pytest.raises(common.RecipeError, match="needs full teachers"):
+        distill.run(
+            distill_args(fmnist, tmp_path, "kd", f"--teachers={teachers['groups'][0]}")
+        )
+
+
+def test_ed_boundaries_must_fit_grades_and_epochs(fmnist, teachers, tmp_path):
+    args = distill_args(fmnist, tmp_path, "ed", f"--teachers={teachers['manifest']}")
+    with pytest.raises(common.RecipeError, match="needs 2 --boundaries"):
+        distill.run(args + ["--boundaries=1"])
+    with pytest.raises(common.RecipeError, match="< --epochs=3"):
+        distill.run(args + ["--boundaries=1,3"])
+
+
+def test_unknown_method_and_config_list_valid_ones(tmp_path):
+    with pytest.raises(flags.IllegalFlagValueError, match="scratch.*kd.*aver.*ed_amtml"):
+        distill.run(["--method=hinton"])
+    with pytest.raises(flags.IllegalFlagValueError, match="cifar100_resnet110_resnet20"):
+        distill.run(["--method=kd", "--config=cifar100_resnet56"])
+    with pytest.raises(ValueError, match="Valid configs: .*cifar100_wrn40_2_wrn16_2"):
+        configs.get("cifar100_resnet56")
+
+
+def test_existing_output_is_refused_without_overwrite(tmp_path):
+    (tmp_path / "scratch.json").write_text("{}")
+    with pytest.raises(common.RecipeError, match="already exists.*--overwrite"):
+        distill.run(distill_args("x", tmp_path, "scratch"))
+
+
+def test_cli_prints_one_line_errors(tmp_path):
+    (tmp_path / "out.json").write_text("{}")
+    process = subprocess.run(
+        [
+            sys.executable, os.path.join(RECIPES, "distill.py"), "--method=scratch",
+            f"--results={tmp_path / 'out.json'}",
+        ],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert process.returncode == 1
+    assert process.stderr.strip().splitlines()[-1].startswith("Error: The output")
+    assert "Traceback" not in process.stderr
+
+
+# -------------------------------------------------------------- configs
+
+
+def _parsed(*argv):
+    flag_values = flags.FlagValues()
+    distill.define_flags(flag_values)
+    flag_values(["distill.py", *argv])
+    common.resolve_flags(flag_values, configs, {})
+    return flag_values
+
+
+@pytest.mark.parametrize(
+    "name, teacher, student",
+    [
+        ("cifar100_resnet110_resnet20", "resnet110", "resnet20"),
+        ("cifar100_wrn40_2_wrn16_2", "wrn_40_2", "wrn_16_2"),
+    ],
+)
+def test_cifar100_configs(name, teacher, student):
+    values = _parsed(f"--config={name}", "--method=ed")
+    assert values.dataset == "cifar100" and values.student == student
+    assert configs.get(name)["teacher"] == teacher
+    assert (values.epochs, values.batch_size, values.momentum) == (240, 64, 0.9)
+    assert (values.weight_decay, values.alpha, values.temperature) == (5e-4, 0.3, 4.0)
+    assert values.boundaries == ["150", "180"]
+    settings = common.settings_from_flags(values)
+    rates = [common.learning_rate_at(settings, e) for e in (0, 149, 150, 180, 210, 239)]
+    np.testing.assert_allclose(rates, [0.05, 0.05, 0.005, 5e-4, 5e-5, 5e-5])
+
+
+def test_flags_beat_configs_and_quick():
+    values = _parsed("--config=cifar100_resnet110_resnet20", "--method=kd", "--epochs=10", "--quick")
+    assert values.epochs == 10  # Given explicitly.
+    assert values.boundaries == ["1", "2"] and values.lr_decay_epochs == []  # --quick
+    assert values.lr == 0.05  # From the config.
+
+
+def test_large_image_configs():
+    assert set(configs.names()) >= {
+        "food101_resnet32x4_resnet8x4", "caltech256_resnet32x4_resnet8x4",
+    }
+    assert _parsed("--config=food101_resnet32x4_resnet8x4", "--method=kd").image_size == "64"
+    with pytest.raises(common.RecipeError, match="pass --dataset=FOLDER"):
+        _parsed("--config=caltech256_resnet32x4_resnet8x4", "--method=kd")
