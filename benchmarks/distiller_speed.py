@@ -200,19 +200,7 @@ def run_worker(args):
         return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
     def fit_row(model):
-        timer = epoch_timer()
-
-        def epoch():
-            model.fit(
-                x,
-                y,
-                batch_size=args.batch_size,
-                epochs=1,
-                verbose=0,
-                callbacks=[timer],
-            )
-
-        return epoch, timer
+        return fit_epoch_row(model, x, y, args.batch_size)
 
     def row_a():
         model = student()
@@ -258,21 +246,9 @@ def run_worker(args):
     if "e" in args.rows and num_classes != 10:
         raise SystemExit("Row (e) needs --num-classes 10.")
 
-    rows = {}
     load_start = _load_average()
     started = time.perf_counter()
-    for name in args.rows:
-        rows[name] = builders[name]()
-        build_start = time.perf_counter()
-        for _ in range(args.warmup):  # Traces / compiles the step.
-            rows[name][0]()
-        rows[name] = rows[name] + (time.perf_counter() - build_start,)
-        rows[name][1].reset()
-    for round_index in range(args.epochs):
-        # Rotate the order each round so no row always follows the same one.
-        shift = round_index % len(args.rows)
-        for name in args.rows[shift:] + args.rows[:shift]:
-            rows[name][0]()
+    rows = run_rounds(builders, args.rows, args.warmup, args.epochs)
 
     result = {
         **worker_info(),
@@ -305,6 +281,47 @@ def run_worker(args):
     )
     with open(args.worker_out, "w") as f:
         json.dump(result, f)
+
+
+def fit_epoch_row(model, x, y=None, batch_size=None):
+    """`(epoch, timer)`: `epoch()` runs one `model.fit` epoch timed by `timer`."""
+    timer = epoch_timer()
+
+    def epoch():
+        model.fit(
+            x,
+            y,
+            batch_size=batch_size,
+            epochs=1,
+            verbose=0,
+            callbacks=[timer],
+        )
+
+    return epoch, timer
+
+
+def run_rounds(builders, names, warmup, epochs):
+    """Times rows interleaved: `{name: (epoch, timer, warm-up seconds)}`.
+
+    `builders[name]()` returns a row's `(epoch, timer)`. Each row is built
+    and runs `warmup` untimed epochs (tracing / compiling its step), then
+    each of the `epochs` rounds runs one epoch of every row, in an order
+    rotated by one row per round.
+    """
+    rows = {}
+    for name in names:
+        epoch, timer = builders[name]()
+        build_start = time.perf_counter()
+        for _ in range(warmup):  # Traces / compiles the step.
+            epoch()
+        rows[name] = (epoch, timer, time.perf_counter() - build_start)
+        timer.reset()
+    for round_index in range(epochs):
+        # Rotate the order each round so no row always follows the same one.
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            rows[name][0]()
+    return rows
 
 
 def configure_worker(args):

@@ -44,6 +44,7 @@ Usage:
 """
 
 import argparse
+import functools
 import importlib.util
 import os
 import platform
@@ -224,15 +225,17 @@ def run_worker(args):
         )
         trained[order] = model  # At grade 3, its step compiled: reused in (2).
         data = curriculum(order, 1)
-        steps = {}
+        grade_steps = {}
         for grade in (1, 2, 3):
             data.set_grade(grade)
-            steps[grade] = len(data)
+            grade_steps[grade] = len(data)
         switch[order] = {
             "epoch_seconds": timer.times,
             "cpu_seconds": timer.cpu_times,
             "grades": [schedule.grade_at(e) for e in range(args.switch_epochs)],
-            "steps": [steps[schedule.grade_at(e)] for e in range(args.switch_epochs)],
+            "steps": [
+                grade_steps[schedule.grade_at(e)] for e in range(args.switch_epochs)
+            ],
             "faults": timer.faults,
             "set_grade_seconds": {
                 str(k): v for k, v in schedule.set_grade_seconds.items()
@@ -240,25 +243,10 @@ def run_worker(args):
         }
 
     # (2) The last grade: ED with three specialists per order vs 1-teacher KD.
-    def fit_row(model, data, labels, batch_size):
-        timer = speed.epoch_timer()
-
-        def epoch():
-            model.fit(
-                data,
-                labels,
-                batch_size=batch_size,
-                epochs=1,
-                verbose=0,
-                callbacks=[timer],
-            )
-
-        return epoch, timer
-
     def kd_row():
         teacher = speed.cnn(teacher_widths, NUM_CLASSES, "teacher0", args.seed + 2)
         model = keras_edu.Distiller(resnet8(), [teacher], alpha=0.3, temperature=4.0)
-        return fit_row(compiled(model), x, y, args.batch_size), args.samples
+        return speed.fit_epoch_row(compiled(model), x, y, args.batch_size)
 
     def ed_row(order):
         # "interleaved" and "sequential" run the same train step: either's
@@ -269,25 +257,15 @@ def run_worker(args):
             model.set_grade(3)
             compiled(model)
         data = curriculum(order, 3)
-        return fit_row(model, data, None, None), len(data)
+        steps[order] = len(data)
+        return speed.fit_epoch_row(model, data)
 
-    row_names = ["kd"] + list(args.orders)
-    rows, steps, warmups = {}, {}, {}
-    for name in row_names:
-        if name == "kd":
-            rows[name], samples = kd_row()
-            steps[name] = -(-samples // args.batch_size)
-        else:
-            rows[name], steps[name] = ed_row(name)
-        build_start = time.perf_counter()
-        for _ in range(args.warmup):  # Traces / compiles the step.
-            rows[name][0]()
-        warmups[name] = time.perf_counter() - build_start
-        rows[name][1].reset()
-    for round_index in range(args.epochs):
-        shift = round_index % len(row_names)
-        for name in row_names[shift:] + row_names[:shift]:
-            rows[name][0]()
+    steps = {"kd": -(-args.samples // args.batch_size)}
+    builders = {"kd": kd_row}
+    builders.update({order: functools.partial(ed_row, order) for order in args.orders})
+    rows = speed.run_rounds(
+        builders, ["kd"] + list(args.orders), args.warmup, args.epochs
+    )
 
     # The curriculum's own bookkeeping at a switch, alone: `set_grade`
     # refreshes Keras's epoch iterators through `gc.get_referrers`.
@@ -310,9 +288,9 @@ def run_worker(args):
                 "cpu_median": statistics.median(timer.cpu_times),
                 "steps": steps[name],
                 "page_faults_per_step": statistics.median(timer.faults) / steps[name],
-                "warmup_seconds": warmups[name],
+                "warmup_seconds": warmup,
             }
-            for name, (_, timer) in rows.items()
+            for name, (_, timer, warmup) in rows.items()
         },
     }
     with open(args.worker_out, "w") as f:
