@@ -53,7 +53,9 @@ def define_flags(flag_values):
     common.define_data_flags(flag_values)
     common.define_training_flags(flag_values, configs.names())
     flags.DEFINE_enum(
-        "method", None, METHODS,
+        "method",
+        None,
+        METHODS,
         "Distillation method: scratch (no teacher), kd (one full teacher), "
         "aver (several full teachers, probabilities averaged), amtml, ed "
         "(education distillation from specialists), ed_amtml.",
@@ -61,13 +63,15 @@ def define_flags(flag_values):
     )
     flags.mark_flag_as_required("method", flag_values=flag_values)
     flags.DEFINE_string(
-        "student", "resnet8",
+        "student",
+        "resnet8",
         "Student architecture: a keras_edu.models name (resnet8, resnet20, "
         "wrn_16_2, ...) or `cnn<W>`, the recipes' 3-conv CNN (e.g. cnn16).",
         flag_values=flag_values,
     )
     flags.DEFINE_string(
-        "teachers", "",
+        "teachers",
+        "",
         "Teacher `.keras` files, comma-separated; or the JSON manifest "
         "written by train_teacher.py. For ed/ed_amtml the k-th file teaches "
         "group k of --partition; separate groups with `;` to give a group "
@@ -76,40 +80,50 @@ def define_flags(flag_values):
         flag_values=flag_values,
     )
     flags.DEFINE_string(
-        "partition", "1:1:1",
+        "partition",
+        "1:1:1",
         "Class groups: ratios (`1:1:1`, contiguous ranges) or explicit "
         "groups (`0,1,2;3,4,5;6,7,8,9`). The grades of ed/ed_amtml; the "
         "groups of the per-group top-1 for every method.",
         flag_values=flag_values,
     )
     flags.DEFINE_list(
-        "boundaries", ["2", "4"],
+        "boundaries",
+        ["2", "4"],
         "Epochs at which grades 2, 3, ... start (ed/ed_amtml: one per group "
         "after the first, each < --epochs). Other methods record their "
         "per-group top-1 there too.",
         flag_values=flag_values,
     )
     flags.DEFINE_float(
-        "alpha", 0.3,
+        "alpha",
+        0.3,
         "Weight of the cross-entropy; 1 - alpha weighs the distillation term.",
         flag_values=flag_values,
     )
     flags.DEFINE_float(
-        "temperature", 4.0, "Softmax temperature of the distillation term.",
+        "temperature",
+        4.0,
+        "Softmax temperature of the distillation term.",
         flag_values=flag_values,
     )
     flags.DEFINE_enum(
-        "order", DEFAULT_ORDER, ORDERS,
+        "order",
+        DEFAULT_ORDER,
+        ORDERS,
         "ed/ed_amtml: batch layout of the curriculum (see "
         "keras_edu.CurriculumDataset).",
         flag_values=flag_values,
     )
     flags.DEFINE_string(
-        "results", "runs/distill.json", "Path of the results JSON.",
+        "results",
+        "runs/distill.json",
+        "Path of the results JSON.",
         flag_values=flag_values,
     )
     flags.DEFINE_string(
-        "student_out", None,
+        "student_out",
+        None,
         "Path of the trained student `.keras` (default: --results with "
         "`.keras` in place of `.json`).",
         flag_values=flag_values,
@@ -118,12 +132,46 @@ def define_flags(flag_values):
 
 @dataclasses.dataclass
 class DistillOptions:
-    """What a method needs beyond the optimisation settings."""
+    """What to distil: the method, the student, the teachers and the terms.
 
+    Attributes:
+        method: One of `METHODS`.
+        student: The student's architecture name (see
+            `common.build_model`).
+        partition: The `keras_edu.ClassPartition`: the grades of
+            `ed`/`ed_amtml`, and the groups of the per-group scores.
+        teachers: `load_teachers`' output (empty for `scratch`).
+        alpha: Weight of the cross-entropy.
+        temperature: Softmax temperature of the distillation term.
+        boundaries: Epochs at which grades 2, 3, ... start (see
+            `check_boundaries`).
+        order: The curriculum's batch layout (`ed`/`ed_amtml`).
+    """
+
+    method: str
+    student: str
+    partition: object
+    teachers: list = dataclasses.field(default_factory=list)
     alpha: float = 0.3
     temperature: float = 4.0
     boundaries: tuple = ()
     order: str = DEFAULT_ORDER
+
+    def __post_init__(self):
+        check_method(self.method)
+        check_terms(self.alpha, self.temperature)
+
+
+def check_terms(alpha, temperature):
+    """Refuses an `alpha` outside [0, 1] or a temperature <= 0."""
+    if not 0 <= alpha <= 1:
+        raise common.RecipeError(
+            f"--alpha must be in [0, 1]. Received: {alpha}."
+        )
+    if not temperature > 0:
+        raise common.RecipeError(
+            f"--temperature must be > 0. Received: {temperature}."
+        )
 
 
 def amtml_available():
@@ -163,7 +211,10 @@ def parse_teacher_spec(spec, graded, num_groups):
     if spec.endswith(".json"):
         return _read_manifest(spec)
     if ";" in spec:
-        parts = [[p.strip() for p in part.split(",") if p.strip()] for part in spec.split(";")]
+        parts = [
+            [p.strip() for p in part.split(",") if p.strip()]
+            for part in spec.split(";")
+        ]
         if graded and len(parts) != num_groups:
             raise common.RecipeError(
                 f"--teachers lists {len(parts)} `;`-separated groups but "
@@ -188,7 +239,11 @@ def _read_manifest(path):
             entries = json.load(f)["teachers"]
         base = os.path.dirname(os.path.abspath(path))
         return [
-            (os.path.join(base, e["path"]), None, [int(c) for c in e["classes"]])
+            (
+                os.path.join(base, e["path"]),
+                None,
+                [int(c) for c in e["classes"]],
+            )
             for e in entries
         ]
     except (ValueError, KeyError, TypeError):
@@ -209,8 +264,10 @@ def load_teachers(spec, data, method, partition):
     specs = parse_teacher_spec(spec, graded, partition.num_groups)
     if method == "scratch":
         if specs:
-            print("Note: --method=scratch trains without teachers; "
-                  "--teachers is ignored.")
+            print(
+                "Note: --method=scratch trains without teachers; "
+                "--teachers is ignored."
+            )
         return []
     if not specs:
         raise common.RecipeError(
@@ -294,7 +351,9 @@ def _check_teacher_classes(path, classes, data, method, partition):
             f"--dataset={data.name} has {data.num_classes} classes."
         )
     if method in GRADED_METHODS:
-        if not full and sorted(classes) not in [sorted(g) for g in partition.groups]:
+        if not full and sorted(classes) not in [
+            sorted(g) for g in partition.groups
+        ]:
             raise common.RecipeError(
                 f"Teacher {path} covers classes {sorted(classes)}, which are "
                 f"not one group of --partition ({partition.groups}). Pass the "
@@ -364,29 +423,27 @@ def graded_student(model, partition, arch):
     )
 
 
-def distill(data, method, student_arch, teachers, partition, settings, options, student_path):
-    """Trains a student with `method`, saves it, and returns its results.
+def distill(data, options, settings, student_path):
+    """Trains a student, saves it, and returns its results.
 
     Args:
         data: A `common.Data`.
-        method: One of `METHODS`.
-        student_arch: The student's architecture name.
-        teachers: `load_teachers`' output (`[]` for scratch).
-        partition: The `keras_edu.ClassPartition` (grades and per-group
-            scores).
-        settings: A `common.TrainSettings`.
         options: A `DistillOptions`.
+        settings: A `common.TrainSettings`.
         student_path: Where to save the trained student (`.keras`).
 
     Returns:
         The results dict (see docs/recipes.md for the fields).
     """
-    check_method(method)
-    print(f"\n== {method}: {student_arch} student on {data.name}")
+    method, partition = options.method, options.partition
+    print(f"\n== {method}: {options.student} student on {data.name}")
     keras.utils.set_random_seed(settings.seed)
     target = common.build_model(
-        student_arch, data.num_classes, data.image_shape,
-        settings.weight_decay, "student",
+        options.student,
+        data.num_classes,
+        data.image_shape,
+        settings.weight_decay,
+        "student",
     )
     evaluator = common.TestEvaluator(data.test_x, data.test_y, partition.groups)
     if method == "scratch":
@@ -395,8 +452,10 @@ def distill(data, method, student_arch, teachers, partition, settings, options, 
     else:
         graded = method in GRADED_METHODS
         distiller = keras_edu.Distiller(
-            graded_student(target, partition, student_arch) if graded else target,
-            [teacher for teacher, _ in teachers],
+            graded_student(target, partition, options.student)
+            if graded
+            else target,
+            [teacher for teacher, _ in options.teachers],
             alpha=options.alpha,
             temperature=options.temperature,
             loss=keras_edu.losses.AMTML() if method in AMTML_METHODS else None,
@@ -417,20 +476,23 @@ def distill(data, method, student_arch, teachers, partition, settings, options, 
         else:
             inputs = common.fit_inputs(data, settings)
         distiller.fit(
-            epochs=settings.epochs, verbose=settings.verbose,
-            callbacks=callbacks, **inputs,
+            epochs=settings.epochs,
+            verbose=settings.verbose,
+            callbacks=callbacks,
+            **inputs,
         )
         student = distiller.graduate()
     student.save(student_path)
     return results_dict(
-        data, method, student_arch, teachers, partition, settings, options,
-        evaluator, student, student_path,
+        data, options, settings, evaluator, student, student_path
     )
 
 
-def results_dict(data, method, arch, teachers, partition, settings, options, evaluator, student, path):
+def results_dict(data, options, settings, evaluator, student, path):
+    """The results JSON of a `distill` run (fields: docs/recipes.md)."""
     by_epoch = evaluator.per_group
     best = int(np.argmax(evaluator.top1))
+    method = options.method
     graded = method in GRADED_METHODS
     return {
         "recipe": "distill",
@@ -438,9 +500,9 @@ def results_dict(data, method, arch, teachers, partition, settings, options, eva
         "dataset": data.name,
         **common.run_facts(settings.seed),
         "epochs": settings.epochs,
-        "student": arch,
-        "teachers": [info for _, info in teachers],
-        "partition": partition.groups,
+        "student": options.student,
+        "teachers": [info for _, info in options.teachers],
+        "partition": options.partition.groups,
         "boundaries": list(options.boundaries),
         "order": options.order if graded else None,
         "alpha": options.alpha if method != "scratch" else None,
@@ -448,7 +510,7 @@ def results_dict(data, method, arch, teachers, partition, settings, options, eva
         "settings": settings.as_dict(),
         "preprocessing": data.preprocessing(),
         "train_examples": _train_size(data),
-        "test_examples": int(len(data.test_y)),
+        "test_examples": len(data.test_y),
         "top1_last": evaluator.top1[-1],
         "top1_best": evaluator.top1[best],
         "best_epoch": best + 1,
@@ -469,7 +531,7 @@ def results_dict(data, method, arch, teachers, partition, settings, options, eva
 
 def _train_size(data):
     if data.train_arrays is not None:
-        return int(len(data.train_arrays[1]))
+        return len(data.train_arrays[1])
     return data.train.size
 
 
@@ -482,7 +544,11 @@ def print_summary(results, file=None):
             ("student", "student", "s"),
             ("top-1 last", "top1_last", ".4f"),
             ("top-1 best", "top1_best", ".4f"),
-            ("per-group top-1", lambda r: common.format_groups(r["per_group_top1"]), "s"),
+            (
+                "per-group top-1",
+                lambda r: common.format_groups(r["per_group_top1"]),
+                "s",
+            ),
             ("s/epoch", lambda r: float(np.mean(r["epoch_seconds"])), ".1f"),
             ("params", "student_params", ",d"),
         ],
@@ -496,55 +562,41 @@ def body(flag_values):
     common.resolve_flags(flag_values, configs, {})
     method = flag_values.method
     check_method(method)
+    check_terms(flag_values.alpha, flag_values.temperature)
     settings = common.settings_from_flags(flag_values)
-    options = DistillOptions(
-        alpha=flag_values.alpha,
-        temperature=flag_values.temperature,
-        boundaries=common.int_list(flag_values.boundaries, "boundaries", minimum=1),
-        order=flag_values.order,
+    boundaries = common.int_list(
+        flag_values.boundaries, "boundaries", minimum=1
     )
-    _check_options(options)
     common.check_arch(flag_values.student, "student")
     results = flag_values.results
-    student_out = flag_values.student_out or os.path.splitext(results)[0] + ".keras"
+    student_out = (
+        flag_values.student_out or os.path.splitext(results)[0] + ".keras"
+    )
     common.check_output_path(results, flag_values.overwrite, "results")
     common.check_output_path(student_out, flag_values.overwrite, "student_out")
-    data = common.load_data(
-        flag_values.dataset,
-        data_dir=flag_values.data_dir,
-        image_size=common.parse_image_size(flag_values.image_size),
-        test_fraction=flag_values.test_fraction,
-        augment=flag_values.augment,
-        train_size=flag_values.train_size,
-        test_size=flag_values.test_size,
-        seed=flag_values.seed,
-    )
+    data = common.data_from_flags(flag_values)
     partition = common.parse_partition(flag_values.partition, data.num_classes)
-    options.boundaries = check_boundaries(
-        options.boundaries, method, partition, settings.epochs
+    options = DistillOptions(
+        method=method,
+        student=flag_values.student,
+        partition=partition,
+        alpha=flag_values.alpha,
+        temperature=flag_values.temperature,
+        boundaries=check_boundaries(
+            boundaries, method, partition, settings.epochs
+        ),
+        order=flag_values.order,
     )
-    teachers = load_teachers(flag_values.teachers, data, method, partition)
-    result = distill(
-        data, method, flag_values.student, teachers, partition, settings,
-        options, student_out,
+    options.teachers = load_teachers(
+        flag_values.teachers, data, method, partition
     )
+    result = distill(data, options, settings, student_out)
     result["quick"] = bool(flag_values.quick)
     result["config"] = flag_values.config
     common.write_json(results, result)
     print_summary([result])
     print(f"\nResults: {results}\nStudent: {student_out}")
     return result
-
-
-def _check_options(options):
-    if not 0 <= options.alpha <= 1:
-        raise common.RecipeError(
-            f"--alpha must be in [0, 1]. Received: {options.alpha}."
-        )
-    if not options.temperature > 0:
-        raise common.RecipeError(
-            f"--temperature must be > 0. Received: {options.temperature}."
-        )
 
 
 main, run = common.entry_points(define_flags, body)

@@ -47,7 +47,10 @@ SUFFIXES = {"tf_saved_model": None, "litert": ".tflite", "onnx": ".onnx"}
 # Import names of the packages each format needs, and their pip names.
 PACKAGES = {
     "tf_saved_model": {"tensorflow": "tensorflow-cpu"},
-    "litert": {"tensorflow": "tensorflow-cpu", "ai_edge_litert": "ai-edge-litert"},
+    "litert": {
+        "tensorflow": "tensorflow-cpu",
+        "ai_edge_litert": "ai-edge-litert",
+    },
     "onnx": {
         "tensorflow": "tensorflow-cpu",
         "tf2onnx": "tf2onnx",
@@ -63,42 +66,54 @@ class ParityError(RuntimeError):
 
 def define_flags(flag_values):
     flags.DEFINE_string(
-        "student", None, "The trained student, a `.keras` file.",
+        "student",
+        None,
+        "The trained student, a `.keras` file.",
         flag_values=flag_values,
     )
     flags.mark_flag_as_required("student", flag_values=flag_values)
     flags.DEFINE_list(
-        "format", ["tf_saved_model"],
+        "format",
+        ["tf_saved_model"],
         "Export format: tf_saved_model, litert or onnx (or several, "
         "comma-separated, with as many --out paths).",
         flag_values=flag_values,
     )
     flags.DEFINE_list(
-        "out", [],
+        "out",
+        [],
         "Output path: a folder for tf_saved_model, a `.tflite` file for "
         "litert, a `.onnx` file for onnx.",
         flag_values=flag_values,
     )
     flags.DEFINE_bool(
-        "overwrite", False, "Replace an existing output.",
+        "overwrite",
+        False,
+        "Replace an existing output.",
         flag_values=flag_values,
     )
     flags.DEFINE_float(
-        "tolerance", 1e-4,
+        "tolerance",
+        1e-4,
         "Largest accepted absolute difference between the artefact's and "
         "Keras's logits (1e-4 suits float32 models).",
         flag_values=flag_values,
     )
     flags.DEFINE_integer(
-        "batch_size", 8, "Size of the random batch the check runs on.",
+        "batch_size",
+        8,
+        "Size of the random batch the check runs on.",
         flag_values=flag_values,
     )
     flags.DEFINE_integer(
-        "seed", 0, "Seed of the check's random batch.",
+        "seed",
+        0,
+        "Seed of the check's random batch.",
         flag_values=flag_values,
     )
     flags.DEFINE_bool(
-        "export_only", False,
+        "export_only",
+        False,
         "Internal: only write the artefacts (the TensorFlow-backend "
         "subprocess of a JAX or PyTorch run).",
         flag_values=flag_values,
@@ -117,15 +132,18 @@ def check_format(fmt, out=None):
             f"--format={fmt} writes a `{suffix}` file: --out must end with "
             f"`{suffix}`. Received: --out={out}."
         )
-    if out is not None and suffix is None and out.endswith(
-        (".keras", ".tflite", ".onnx", ".h5")
+    if (
+        out is not None
+        and suffix is None
+        and out.endswith((".keras", ".tflite", ".onnx", ".h5"))
     ):
         raise common.RecipeError(
             f"--format={fmt} writes a folder; --out={out} looks like a file "
             "name. Pass a folder path."
         )
     missing = [
-        pip for module, pip in PACKAGES[fmt].items()
+        pip
+        for module, pip in PACKAGES[fmt].items()
         if importlib.util.find_spec(module) is None
     ]
     if missing:
@@ -139,9 +157,7 @@ def check_format(fmt, out=None):
 def check_targets(student, targets, overwrite):
     """Validates the student path, formats, output paths and packages."""
     if not student or not os.path.isfile(student):
-        raise common.RecipeError(
-            f"--student={student}: no such `.keras` file."
-        )
+        raise common.RecipeError(f"--student={student}: no such `.keras` file.")
     if not targets:
         raise common.RecipeError(
             "--out is required: the path of the exported artefact."
@@ -151,7 +167,9 @@ def check_targets(student, targets, overwrite):
         common.check_output_path(out, overwrite, "out")
 
 
-def export_student(student, targets, overwrite=False, tolerance=1e-4, batch_size=8, seed=0):
+def export_student(
+    student, targets, overwrite=False, tolerance=1e-4, batch_size=8, seed=0
+):
     """Exports a `.keras` student to each format and checks each artefact.
 
     Args:
@@ -179,7 +197,11 @@ def export_student(student, targets, overwrite=False, tolerance=1e-4, batch_size
             f"--student={student} takes inputs of shape {shape}; the check "
             "needs a fixed image size."
         )
-    x = np.random.default_rng(seed).standard_normal((batch_size, *shape)).astype("float32")
+    x = (
+        np.random.default_rng(seed)
+        .standard_normal((batch_size, *shape))
+        .astype("float32")
+    )
     reference = np.asarray(model.predict(x, verbose=0), "float32")
     for out in targets.values():
         if os.path.exists(out):
@@ -218,7 +240,9 @@ def export_student(student, targets, overwrite=False, tolerance=1e-4, batch_size
     if failed:
         raise ParityError(
             "The exported artefact(s) "
-            + ", ".join(f"{r['format']} ({r['max_abs_diff']:.3g})" for r in failed)
+            + ", ".join(
+                f"{r['format']} ({r['max_abs_diff']:.3g})" for r in failed
+            )
             + f" differ from the Keras model by more than --tolerance={tolerance:g}."
         )
     return reports
@@ -251,7 +275,9 @@ def _export_in_tensorflow_subprocess(student, targets):
         "--overwrite",
     ]
     env = dict(os.environ, KERAS_BACKEND="tensorflow")
-    process = subprocess.run(command, env=env, capture_output=True, text=True)
+    process = subprocess.run(
+        command, env=env, capture_output=True, text=True, check=False
+    )
     if process.returncode != 0:
         raise RuntimeError(
             "Exporting under the TensorFlow backend failed:\n"
@@ -314,8 +340,11 @@ def body(flag_values):
         return None
     try:
         return export_student(
-            flag_values.student, targets, overwrite=flag_values.overwrite,
-            tolerance=flag_values.tolerance, batch_size=flag_values.batch_size,
+            flag_values.student,
+            targets,
+            overwrite=flag_values.overwrite,
+            tolerance=flag_values.tolerance,
+            batch_size=flag_values.batch_size,
             seed=flag_values.seed,
         )
     except ParityError as error:

@@ -39,26 +39,30 @@ def define_flags(flag_values):
     common.define_data_flags(flag_values)
     common.define_training_flags(flag_values, configs.names())
     flags.DEFINE_string(
-        "arch", "resnet20",
+        "arch",
+        "resnet20",
         "Teacher architecture: a keras_edu.models name (resnet8 ... "
         "resnet110, resnet8x4, resnet32x4, wrn_16_1 ... wrn_40_2) or "
         "`cnn<W>`, the recipes' 3-conv CNN (e.g. cnn32).",
         flag_values=flag_values,
     )
     flags.DEFINE_string(
-        "partition", "",
+        "partition",
+        "",
         "Empty: one full teacher. Ratios such as `1:1:1` (contiguous class "
         "groups) or explicit groups `0,1,2;3,4,5;6,7,8,9`: one specialist "
         "per group, trained on that group's images with local labels.",
         flag_values=flag_values,
     )
     flags.DEFINE_string(
-        "out_dir", "runs/teachers",
+        "out_dir",
+        "runs/teachers",
         "Folder of the `.keras` files and of the manifest.",
         flag_values=flag_values,
     )
     flags.DEFINE_string(
-        "results", None,
+        "results",
+        None,
         "Path of the JSON manifest (default: OUT_DIR/teachers.json).",
         flag_values=flag_values,
     )
@@ -126,12 +130,14 @@ def train_teachers(data, arch, partition, settings, paths):
                 "classes": [int(c) for c in classes],
                 "arch": arch,
                 "top1": top1,
-                "test_examples": int(len(test_y)),
+                "test_examples": len(test_y),
                 "params": int(model.count_params()),
                 "epoch_seconds": seconds,
             }
         )
-        print(f"{name}: test top-1 {top1:.4f} on {len(test_y)} images -> {path}")
+        print(
+            f"{name}: test top-1 {top1:.4f} on {len(test_y)} images -> {path}"
+        )
     return entries
 
 
@@ -140,7 +146,9 @@ def _group_data(data, classes, kind):
     if kind == "full":
         return data.train, data.train_arrays, (data.test_x, data.test_y)
     try:
-        (test,) = edu_data.split_by_groups((data.test_x, data.test_y), [classes])
+        (test,) = edu_data.split_by_groups(
+            (data.test_x, data.test_y), [classes]
+        )
         if data.train_arrays is not None:
             (arrays,) = edu_data.split_by_groups(data.train_arrays, [classes])
             return None, arrays, test
@@ -193,25 +201,16 @@ def body(flag_values):
     results = flag_values.results or os.path.join(
         flag_values.out_dir, "teachers.json"
     )
-    data = common.load_data(
-        flag_values.dataset,
-        data_dir=flag_values.data_dir,
-        image_size=common.parse_image_size(flag_values.image_size),
-        test_fraction=flag_values.test_fraction,
-        augment=flag_values.augment,
-        train_size=flag_values.train_size,
-        test_size=flag_values.test_size,
-        seed=flag_values.seed,
-    )
+    common.check_output_path(results, flag_values.overwrite, "results")
+    data = common.data_from_flags(flag_values)
     partition = (
         common.parse_partition(flag_values.partition, data.num_classes)
         if flag_values.partition
         else None
     )
     paths = teacher_paths(flag_values.out_dir, partition)
-    for path in [results, *paths]:
-        flag = "results" if path == results else "out_dir"
-        common.check_output_path(path, flag_values.overwrite, flag)
+    for path in paths:
+        common.check_output_path(path, flag_values.overwrite, "out_dir")
     keras.utils.set_random_seed(settings.seed)
     entries = train_teachers(data, flag_values.arch, partition, settings, paths)
     report = manifest(data, flag_values.arch, partition, settings, entries)

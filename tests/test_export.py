@@ -28,7 +28,8 @@ import keras_edu  # noqa: E402
 
 def _missing(fmt):
     return [
-        pip for module, pip in export.PACKAGES[fmt].items()
+        pip
+        for module, pip in export.PACKAGES[fmt].items()
         if importlib.util.find_spec(module) is None
     ]
 
@@ -40,14 +41,20 @@ def student(tmp_path_factory):
     target = common.build_model("cnn4", 10, (28, 28, 1), name="student")
     partition = keras_edu.ClassPartition.contiguous(10, "1:1:1")
     graded = keras_edu.GradedStudent.from_model(
-        target, split_at=keras_edu.models.stage_ends(target), partition=partition
+        target,
+        split_at=keras_edu.models.stage_ends(target),
+        partition=partition,
     )
     model = graded.graduate()
     # Non-trivial BatchNorm statistics, so that inference mode matters.
     for layer in target.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
-            layer.moving_mean.assign(np.full(layer.moving_mean.shape, 0.1, "float32"))
-            layer.moving_variance.assign(np.full(layer.moving_variance.shape, 2.0, "float32"))
+            layer.moving_mean.assign(
+                np.full(layer.moving_mean.shape, 0.1, "float32")
+            )
+            layer.moving_variance.assign(
+                np.full(layer.moving_variance.shape, 2.0, "float32")
+            )
     path = tmp_path_factory.mktemp("student") / "student.keras"
     model.save(path)
     return str(path)
@@ -57,7 +64,11 @@ def student(tmp_path_factory):
 def reports(student, tmp_path_factory):
     """Exports to every format whose packages are installed, in one call."""
     out = tmp_path_factory.mktemp("export")
-    names = {"tf_saved_model": "saved_model", "litert": "s.tflite", "onnx": "s.onnx"}
+    names = {
+        "tf_saved_model": "saved_model",
+        "litert": "s.tflite",
+        "onnx": "s.onnx",
+    }
     targets = {
         fmt: str(out / name) for fmt, name in names.items() if not _missing(fmt)
     }
@@ -85,33 +96,73 @@ def test_cli_refuses_an_existing_output_and_checks_suffixes(student, tmp_path):
     with pytest.raises(common.RecipeError, match="already exists.*--overwrite"):
         export.run([f"--student={student}", f"--out={existing}"])
     with pytest.raises(common.RecipeError, match="must end with `.tflite`"):
-        export.run([f"--student={student}", "--format=litert", f"--out={tmp_path / 'a.onnx'}"])
-    with pytest.raises(common.RecipeError, match="Valid formats: tf_saved_model, litert, onnx"):
-        export.run([f"--student={student}", "--format=coreml", f"--out={tmp_path / 'a'}"])
+        export.run(
+            [
+                f"--student={student}",
+                "--format=litert",
+                f"--out={tmp_path / 'a.onnx'}",
+            ]
+        )
+    with pytest.raises(
+        common.RecipeError, match="Valid formats: tf_saved_model, litert, onnx"
+    ):
+        export.run(
+            [
+                f"--student={student}",
+                "--format=coreml",
+                f"--out={tmp_path / 'a'}",
+            ]
+        )
     with pytest.raises(common.RecipeError, match="no such `.keras` file"):
-        export.run([f"--student={tmp_path / 'missing.keras'}", f"--out={tmp_path / 'a'}"])
+        export.run(
+            [
+                f"--student={tmp_path / 'missing.keras'}",
+                f"--out={tmp_path / 'a'}",
+            ]
+        )
     with pytest.raises(common.RecipeError, match="one --out per format"):
-        export.run([f"--student={student}", "--format=onnx,litert", f"--out={tmp_path / 'a.onnx'}"])
+        export.run(
+            [
+                f"--student={student}",
+                "--format=onnx,litert",
+                f"--out={tmp_path / 'a.onnx'}",
+            ]
+        )
 
 
 def test_missing_packages_name_the_extra(student, tmp_path, monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(
-        importlib.util, "find_spec",
+        importlib.util,
+        "find_spec",
         lambda name, *a: None if name == "onnxruntime" else real(name, *a),
     )
-    with pytest.raises(common.RecipeError, match=r"onnxruntime.*pip install 'keras-edu\[export\]'"):
-        export.run([f"--student={student}", "--format=onnx", f"--out={tmp_path / 'a.onnx'}"])
+    with pytest.raises(
+        common.RecipeError,
+        match=r"onnxruntime.*pip install 'keras-edu\[export\]'",
+    ):
+        export.run(
+            [
+                f"--student={student}",
+                "--format=onnx",
+                f"--out={tmp_path / 'a.onnx'}",
+            ]
+        )
 
 
 def test_a_differing_artefact_fails(student, tmp_path, monkeypatch):
     # Skip the real export; the "artefact" answers Keras's logits + 1e-3.
     monkeypatch.setattr(export, "write_artefacts", lambda model, targets: None)
-    monkeypatch.setattr(export, "_export_in_tensorflow_subprocess", lambda s, t: None)
+    monkeypatch.setattr(
+        export, "_export_in_tensorflow_subprocess", lambda s, t: None
+    )
     model = keras.saving.load_model(student, compile=False)
     monkeypatch.setitem(
-        export.RUNNERS, "tf_saved_model",
+        export.RUNNERS,
+        "tf_saved_model",
         lambda path, x: model.predict(x, verbose=0) + 1e-3,
     )
-    with pytest.raises(export.ParityError, match=r"tf_saved_model \(0.001\).*tolerance=0.0001"):
+    with pytest.raises(
+        export.ParityError, match=r"tf_saved_model \(0.001\).*tolerance=0.0001"
+    ):
         export.export_student(student, {"tf_saved_model": str(tmp_path / "sm")})

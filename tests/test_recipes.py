@@ -58,8 +58,12 @@ def tiny_fashion_mnist(folder, train=120, test=60):
         images = rng.integers(0, 60, (count, 28, 28))
         for i, label in enumerate(labels):
             images[i, 2 * label + 4 : 2 * label + 7, :] = 250
-        _save_idx(os.path.join(folder, f"{prefix}-images-idx3-ubyte.gz"), images)
-        _save_idx(os.path.join(folder, f"{prefix}-labels-idx1-ubyte.gz"), labels)
+        _save_idx(
+            os.path.join(folder, f"{prefix}-images-idx3-ubyte.gz"), images
+        )
+        _save_idx(
+            os.path.join(folder, f"{prefix}-labels-idx1-ubyte.gz"), labels
+        )
     return str(folder)
 
 
@@ -83,8 +87,13 @@ def job(fmnist, tmp_path_factory):
     out = tmp_path_factory.mktemp("job")
     report = fashion_mnist.run(
         [
-            "--quick", f"--data_dir={fmnist}", f"--out_dir={out}",
-            "--teacher=cnn4", "--student=cnn4", "--export=", "--verbose=0",
+            "--quick",
+            f"--data_dir={fmnist}",
+            f"--out_dir={out}",
+            "--teacher=cnn4",
+            "--student=cnn4",
+            "--export=",
+            "--verbose=0",
         ]
     )
     return {"out": out, "report": report}
@@ -115,10 +124,21 @@ def distill_args(fmnist, tmp_path, method, *extra):
 
 def check_results(saved, method, test_examples):
     for key in (
-        "method", "dataset", "backend", "keras_version", "seed", "epochs",
-        "top1_last", "top1_best", "per_group_top1", "per_group_top1_by_epoch",
-        "per_group_top1_at_boundaries", "boundaries", "epoch_seconds",
-        "student_params", "student_path",
+        "method",
+        "dataset",
+        "backend",
+        "keras_version",
+        "seed",
+        "epochs",
+        "top1_last",
+        "top1_best",
+        "per_group_top1",
+        "per_group_top1_by_epoch",
+        "per_group_top1_at_boundaries",
+        "boundaries",
+        "epoch_seconds",
+        "student_params",
+        "student_path",
     ):
         assert key in saved, key
     assert saved["method"] == method
@@ -153,12 +173,16 @@ def check_results(saved, method, test_examples):
 def test_fashion_mnist_main_job_quick(job, fmnist):
     report, out = job["report"], job["out"]
     assert [s["method"] for s in report["students"]] == ["scratch", "kd", "ed"]
-    assert [t["kind"] for t in report["teachers"]] == ["full"] + ["specialist"] * 3
+    assert [t["kind"] for t in report["teachers"]] == ["full"] + [
+        "specialist"
+    ] * 3
     with open(out / "results_seed0.json") as f:
         assert json.load(f)["students"][2]["method"] == "ed"
     assert os.path.isfile(out / "student_ed_seed0.keras")
     with pytest.raises(common.RecipeError, match="--overwrite"):
-        fashion_mnist.run([f"--data_dir={fmnist}", f"--out_dir={out}", "--quick"])
+        fashion_mnist.run(
+            [f"--data_dir={fmnist}", f"--out_dir={out}", "--quick"]
+        )
 
 
 @pytest.mark.parametrize("method", ["scratch", "kd", "ed"])
@@ -174,7 +198,9 @@ def test_specialist_manifest(teachers):
     assert manifest["backend"] == keras.backend.backend()
     entries = manifest["teachers"]
     assert [e["classes"] for e in entries] == manifest["partition"]
-    assert all(e["kind"] == "specialist" and 0 <= e["top1"] <= 1 for e in entries)
+    assert all(
+        e["kind"] == "specialist" and 0 <= e["top1"] <= 1 for e in entries
+    )
     # Local labels: a specialist has one logit per class of its group.
     model = keras.saving.load_model(teachers["groups"][2], compile=False)
     assert model.output_shape == (None, 4)
@@ -188,7 +214,9 @@ def test_distill_cli_end_to_end(fmnist, teachers, tmp_path, method):
     if method in distill.AMTML_METHODS and not distill.amtml_available():
         pytest.skip("keras_edu.losses.AMTML is not available yet.")
     full = teachers["full"]
-    teacher_flag = teachers["manifest"] if method == "ed_amtml" else f"{full},{full}"
+    teacher_flag = (
+        teachers["manifest"] if method == "ed_amtml" else f"{full},{full}"
+    )
     result = distill.run(
         distill_args(fmnist, tmp_path, method, f"--teachers={teacher_flag}")
     )
@@ -199,7 +227,9 @@ def test_distill_cli_end_to_end(fmnist, teachers, tmp_path, method):
 
 
 @pytest.mark.parametrize("method", distill.AMTML_METHODS)
-def test_amtml_methods_say_when_amtml_is_missing(fmnist, tmp_path, method, monkeypatch):
+def test_amtml_methods_say_when_amtml_is_missing(
+    fmnist, tmp_path, method, monkeypatch
+):
     # A keras_edu without `keras_edu.losses.AMTML` refuses before any work.
     monkeypatch.setattr(distill, "amtml_available", lambda: False)
     with pytest.raises(common.RecipeError, match="AMTML Distiller wiring"):
@@ -212,7 +242,13 @@ def tfds_teacher(tmp_path_factory):
     out = tmp_path_factory.mktemp("tfds_teacher")
     with tfds.testing.mock_data(num_examples=40):
         manifest = train_teacher.run(
-            ["--dataset=cifar10", "--arch=cnn4", "--epochs=1", f"--out_dir={out}", *FAST]
+            [
+                "--dataset=cifar10",
+                "--arch=cnn4",
+                "--epochs=1",
+                f"--out_dir={out}",
+                *FAST,
+            ]
         )
     return manifest
 
@@ -229,9 +265,14 @@ def test_distill_on_image_folder(tmp_path):
     root = jpeg_folder(tmp_path / "images")
     result = distill.run(
         [
-            f"--dataset={root}", "--image_size=16", "--method=scratch",
-            "--student=cnn4", "--epochs=1", "--partition=1:1:1",
-            f"--results={tmp_path / 'folder.json'}", *FAST,
+            f"--dataset={root}",
+            "--image_size=16",
+            "--method=scratch",
+            "--student=cnn4",
+            "--epochs=1",
+            "--partition=1:1:1",
+            f"--results={tmp_path / 'folder.json'}",
+            *FAST,
         ]
     )
     assert result["preprocessing"]["image_shape"] == [16, 16, 3]
@@ -245,7 +286,9 @@ def test_distill_on_image_folder(tmp_path):
 
 def test_unknown_dataset_lists_close_matches(tmp_path):
     with pytest.raises(common.RecipeError, match="Did you mean: .*cifar100"):
-        distill.run(distill_args("x", tmp_path, "scratch", "--dataset=cifar1000"))
+        distill.run(
+            distill_args("x", tmp_path, "scratch", "--dataset=cifar1000")
+        )
 
 
 def test_folder_without_class_subfolders(tmp_path):
@@ -265,51 +308,97 @@ def test_unreadable_image_is_named(tmp_path):
 
 
 def test_fashion_mnist_missing_says_how_to_get_it(tmp_path):
-    with pytest.raises(common.RecipeError, match="apt-get install dataset-fashion-mnist"):
+    with pytest.raises(
+        common.RecipeError, match="apt-get install dataset-fashion-mnist"
+    ):
         distill.run(distill_args(tmp_path / "empty", tmp_path, "scratch"))
 
 
-def test_teacher_input_shape_must_match_the_data(fmnist, tfds_teacher, tmp_path):
+def test_teacher_input_shape_must_match_the_data(
+    fmnist, tfds_teacher, tmp_path
+):
     teacher = tfds_teacher["teachers"][0]["path"]  # Trained on 32x32x3.
-    with pytest.raises(common.RecipeError, match=r"shape \(32, 32, 3\), but --dataset=fashion_mnist gives \(28, 28, 1\)"):
-        distill.run(distill_args(fmnist, tmp_path, "kd", f"--teachers={teacher}"))
+    with pytest.raises(
+        common.RecipeError,
+        match=r"shape \(32, 32, 3\), but --dataset=fashion_mnist gives \(28, 28, 1\)",
+    ):
+        distill.run(
+            distill_args(fmnist, tmp_path, "kd", f"--teachers={teacher}")
+        )
 
 
 def test_ratios_that_do_not_fit_the_classes(fmnist, tmp_path):
     with pytest.raises(common.RecipeError, match="--partition=.*10 classes"):
         distill.run(
-            distill_args(fmnist, tmp_path, "scratch", "--partition=" + ":".join(["1"] * 11))
+            distill_args(
+                fmnist,
+                tmp_path,
+                "scratch",
+                "--partition=" + ":".join(["1"] * 11),
+            )
         )
 
 
-def test_specialist_whose_size_does_not_match_its_group(fmnist, teachers, tmp_path):
+def test_specialist_whose_size_does_not_match_its_group(
+    fmnist, teachers, tmp_path
+):
     # Group 3 (4 classes) listed first, where group 1 (3 classes) belongs.
     g1, g2, g3 = teachers["groups"]
-    with pytest.raises(common.RecipeError, match="has 4 logits, but it teaches group 1"):
-        distill.run(distill_args(fmnist, tmp_path, "ed", f"--teachers={g3},{g2},{g1}"))
+    with pytest.raises(
+        common.RecipeError, match="has 4 logits, but it teaches group 1"
+    ):
+        distill.run(
+            distill_args(fmnist, tmp_path, "ed", f"--teachers={g3},{g2},{g1}")
+        )
 
 
 def test_kd_refuses_a_specialist(fmnist, teachers, tmp_path):
     with pytest.raises(common.RecipeError, match="needs full teachers"):
         distill.run(
-            distill_args(fmnist, tmp_path, "kd", f"--teachers={teachers['groups'][0]}")
+            distill_args(
+                fmnist, tmp_path, "kd", f"--teachers={teachers['groups'][0]}"
+            )
         )
 
 
 def test_ed_boundaries_must_fit_grades_and_epochs(fmnist, teachers, tmp_path):
-    args = distill_args(fmnist, tmp_path, "ed", f"--teachers={teachers['manifest']}")
+    args = distill_args(
+        fmnist, tmp_path, "ed", f"--teachers={teachers['manifest']}"
+    )
     with pytest.raises(common.RecipeError, match="needs 2 --boundaries"):
         distill.run(args + ["--boundaries=1"])
     with pytest.raises(common.RecipeError, match="< --epochs=3"):
         distill.run(args + ["--boundaries=1,3"])
 
 
+def test_distillation_terms_are_checked_before_loading_data(tmp_path):
+    # "x" is no Fashion-MNIST folder: the checks must come first.
+    with pytest.raises(
+        common.RecipeError, match=r"--alpha must be in \[0, 1\]"
+    ):
+        distill.run(distill_args("x", tmp_path, "kd", "--alpha=1.5"))
+    with pytest.raises(common.RecipeError, match="--temperature must be > 0"):
+        distill.run(distill_args("x", tmp_path, "kd", "--temperature=0"))
+
+
+def test_tfds_names_with_a_slash_are_not_folders(tmp_path):
+    assert not common._looks_like_path("imagenette/320px-v2")
+    assert common._looks_like_path(str(tmp_path))
+    assert common._looks_like_path("./no/such/folder")
+
+
 def test_unknown_method_and_config_list_valid_ones(tmp_path):
-    with pytest.raises(flags.IllegalFlagValueError, match="scratch.*kd.*aver.*ed_amtml"):
+    with pytest.raises(
+        flags.IllegalFlagValueError, match="scratch.*kd.*aver.*ed_amtml"
+    ):
         distill.run(["--method=hinton"])
-    with pytest.raises(flags.IllegalFlagValueError, match="cifar100_resnet110_resnet20"):
+    with pytest.raises(
+        flags.IllegalFlagValueError, match="cifar100_resnet110_resnet20"
+    ):
         distill.run(["--method=kd", "--config=cifar100_resnet56"])
-    with pytest.raises(ValueError, match="Valid configs: .*cifar100_wrn40_2_wrn16_2"):
+    with pytest.raises(
+        ValueError, match="Valid configs: .*cifar100_wrn40_2_wrn16_2"
+    ):
         configs.get("cifar100_resnet56")
 
 
@@ -323,13 +412,20 @@ def test_cli_prints_one_line_errors(tmp_path):
     (tmp_path / "out.json").write_text("{}")
     process = subprocess.run(
         [
-            sys.executable, os.path.join(RECIPES, "distill.py"), "--method=scratch",
+            sys.executable,
+            os.path.join(RECIPES, "distill.py"),
+            "--method=scratch",
             f"--results={tmp_path / 'out.json'}",
         ],
-        capture_output=True, text=True, timeout=300,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert process.returncode == 1
-    assert process.stderr.strip().splitlines()[-1].startswith("Error: The output")
+    assert (
+        process.stderr.strip().splitlines()[-1].startswith("Error: The output")
+    )
     assert "Traceback" not in process.stderr
 
 
@@ -356,24 +452,44 @@ def test_cifar100_configs(name, teacher, student):
     assert values.dataset == "cifar100" and values.student == student
     assert configs.get(name)["teacher"] == teacher
     assert (values.epochs, values.batch_size, values.momentum) == (240, 64, 0.9)
-    assert (values.weight_decay, values.alpha, values.temperature) == (5e-4, 0.3, 4.0)
+    assert (values.weight_decay, values.alpha, values.temperature) == (
+        5e-4,
+        0.3,
+        4.0,
+    )
     assert values.boundaries == ["150", "180"]
     settings = common.settings_from_flags(values)
-    rates = [common.learning_rate_at(settings, e) for e in (0, 149, 150, 180, 210, 239)]
+    rates = [
+        common.learning_rate_at(settings, e)
+        for e in (0, 149, 150, 180, 210, 239)
+    ]
     np.testing.assert_allclose(rates, [0.05, 0.05, 0.005, 5e-4, 5e-5, 5e-5])
 
 
 def test_flags_beat_configs_and_quick():
-    values = _parsed("--config=cifar100_resnet110_resnet20", "--method=kd", "--epochs=10", "--quick")
+    values = _parsed(
+        "--config=cifar100_resnet110_resnet20",
+        "--method=kd",
+        "--epochs=10",
+        "--quick",
+    )
     assert values.epochs == 10  # Given explicitly.
-    assert values.boundaries == ["1", "2"] and values.lr_decay_epochs == []  # --quick
+    assert (
+        values.boundaries == ["1", "2"] and values.lr_decay_epochs == []
+    )  # --quick
     assert values.lr == 0.05  # From the config.
 
 
 def test_large_image_configs():
     assert set(configs.names()) >= {
-        "food101_resnet32x4_resnet8x4", "caltech256_resnet32x4_resnet8x4",
+        "food101_resnet32x4_resnet8x4",
+        "caltech256_resnet32x4_resnet8x4",
     }
-    assert _parsed("--config=food101_resnet32x4_resnet8x4", "--method=kd").image_size == "64"
+    assert (
+        _parsed(
+            "--config=food101_resnet32x4_resnet8x4", "--method=kd"
+        ).image_size
+        == "64"
+    )
     with pytest.raises(common.RecipeError, match="pass --dataset=FOLDER"):
         _parsed("--config=caltech256_resnet32x4_resnet8x4", "--method=kd")
