@@ -39,12 +39,15 @@ class CurriculumDataset(keras.utils.PyDataset):
         partition: The `keras_edu.ClassPartition` of the curriculum.
         batch_size: Samples per batch. Defaults to 32.
         order: `"stratified"` (default): every batch holds all seen groups
-            in fixed proportions, see above; every batch is full (a group's
-            samples are drawn again once all were served in an epoch).
+            in fixed proportions, see above.
             `"interleaved"`: the homogeneous batches of all seen groups in a
             random order each epoch. `"sequential"`: all batches of group 1,
             then group 2, ..., as the reference code does. See
-            docs/education.md for the measured accuracy of each.
+            docs/education.md for the measured accuracy of each. In every
+            order every batch is full: a group's last batch is completed
+            with samples of a fresh pass over that group. One batch shape
+            means one compiled train step per grade on JAX and TensorFlow,
+            where a short last batch per group would compile one more each.
         shuffle: Shuffle samples within each group every epoch (arrays).
         seed: Seed of the shuffles.
         grade: The grade to start at (1-based).
@@ -125,6 +128,8 @@ class CurriculumDataset(keras.utils.PyDataset):
     def set_grade(self, grade):
         """Serve the groups `1..grade` from the next epoch on."""
         self.partition._check_grade(grade)
+        if grade == self.grade:
+            return
         self.grade = grade
         self._plan = self._make_plan()
         _refresh_keras_epoch_iterators(self)
@@ -148,14 +153,18 @@ class CurriculumDataset(keras.utils.PyDataset):
                 np.concatenate([y for _, y in blocks]),
             )
         group, batch = self._plan[index]
-        return self._source.batch(group, batch)
+        return self._source.rows(group, batch * self.batch_size, self.batch_size)
 
     def _make_plan(self):
         """One `(group, batch index)` entry per step of the coming epoch."""
         self._source.start_epoch(self.shuffle)
         if self.order == "stratified":
-            self._source.plan_streams(self.block_sizes(), self.num_batches)
+            sizes = self.block_sizes()
+            self._source.plan_streams([size * self.num_batches for size in sizes])
             return None
+        self._source.plan_streams(
+            [n * self.batch_size for n in self._source.num_batches[: self.grade]]
+        )
         plan = [
             (group, batch)
             for group in range(self.grade)
@@ -194,18 +203,15 @@ class _ArraySource:
             self.rng.permutation(i) if shuffle else i.copy() for i in self.indices
         ]
 
-    def plan_streams(self, block_sizes, steps):
-        # Each group serves `size` rows per step; a group that runs out
-        # before the epoch ends starts a fresh pass over its samples.
-        for group, size in enumerate(block_sizes):
-            needed, stream = size * steps, [self._order[group]]
+    def plan_streams(self, rows_needed):
+        # Group k serves `rows_needed[k]` rows this epoch; a group that runs
+        # out before the epoch ends starts a fresh pass over its samples.
+        for group, needed in enumerate(rows_needed):
+            stream = [self._order[group]]
             while sum(len(s) for s in stream) < needed and len(self.indices[group]):
                 indices = self.indices[group]
                 stream.append(self.rng.permutation(indices) if self._shuffle else indices)
             self._order[group] = np.concatenate(stream)
-
-    def batch(self, group, batch):
-        return self.rows(group, batch * self.batch_size, self.batch_size)
 
     def rows(self, group, start, size):
         rows = self._order[group][start : start + size]
@@ -238,31 +244,19 @@ class _TFDataSource:
         self._iterators = {}
 
     def start_epoch(self, shuffle):
-        # Iterators repeat forever; an epoch takes exactly `num_batches`
-        # batches of each group, so epochs stay aligned with passes.
+        # Iterators repeat forever and reshuffle at each pass; an epoch
+        # takes `num_batches` full batches of each group.
         pass
 
-    def plan_streams(self, block_sizes, steps):
+    def plan_streams(self, rows_needed):
         pass
-
-    def batch(self, group, batch):
-        # One pass per epoch, its last batch possibly short.
-        return self._next(group, self.batch_size, across_passes=False)
 
     def rows(self, group, start, size):
-        # Full blocks that run on across passes. Batches are read in order,
+        # Full batches that run on across passes. Batches are read in order,
         # so `start` is implied by the iterator.
-        return self._next(group, size, across_passes=True)
-
-    def _next(self, group, size, across_passes):
-        key = (group, size, across_passes)
+        key = (group, size)
         if key not in self._iterators:
-            dataset = self._datasets[group]
-            dataset = (
-                dataset.repeat().batch(size)
-                if across_passes
-                else dataset.batch(size).repeat()
-            )
+            dataset = self._datasets[group].repeat().batch(size)
             self._iterators[key] = dataset.as_numpy_iterator()
         x, y = next(self._iterators[key])
         return x, np.reshape(y, (-1,)).astype("int32")

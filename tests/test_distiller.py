@@ -773,6 +773,29 @@ def test_mixed_bfloat16(edu_mixed_bfloat16_policy):
     np.testing.assert_allclose(to_numpy(loss), total, rtol=1e-3)
 
 
+def test_mixed_float16_scales_the_loss():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        n = 32
+        x, y = inputs(n), labels(n, 6)
+        student = dense_model(6)
+        teachers = make_teachers([[0, 2, 4], [5, 3, 1]])
+        distiller = keras_edu.Distiller(student, teachers)
+        distiller.compile(optimizer="sgd")
+        # float16 gradients underflow without loss scaling; compile adds it.
+        assert isinstance(
+            distiller.optimizer, keras.optimizers.LossScaleOptimizer
+        )
+        loss = distiller.compute_loss(x=x, y=y, y_pred=distiller(x), training=True)
+        assert keras.backend.standardize_dtype(loss.dtype) == "float32"
+        before = to_numpy(student.trainable_weights[0]).copy()
+        history = distiller.fit(x, y, epochs=1, batch_size=16, verbose=0)
+        assert np.isfinite(history.history["loss"]).all()
+        assert not np.array_equal(before, to_numpy(student.trainable_weights[0]))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
 # --------------------------------------------------------------------------
 # Bad arguments.
 # --------------------------------------------------------------------------

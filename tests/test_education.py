@@ -372,9 +372,55 @@ def test_curriculum_from_tf_data_is_homogeneous():
     seen = []
     for i in range(len(data)):
         labels = data[i][1]
+        assert len(labels) == 4  # full: the last one starts a fresh pass
         assert len(set(partition.group_of(labels).tolist())) == 1
         seen.extend(labels.tolist())
-    assert sorted(seen) == sorted(y[y < 4].tolist())
+    # A whole pass over each group (5 per class), then 2 rows of the next.
+    counts = np.bincount(seen, minlength=6)
+    assert counts[4:].tolist() == [0, 0] and counts[:4].min() >= 5
+    assert np.bincount(partition.group_of(np.array(seen))).tolist() == [12, 12]
+
+
+@pytest.mark.parametrize("order", ["interleaved", "sequential"])
+def test_single_group_batches_are_full(order):
+    # 10 / 7 / 5 samples: with batches of 4 a short last batch per group
+    # would give three batch shapes, hence three compiled steps on JAX.
+    partition = keras_edu.ClassPartition.contiguous(6, "1:1:1")
+    x, y = _data(per_class=5)
+    keep = np.concatenate([np.arange(10), np.arange(10, 17), np.arange(20, 25)])
+    data = keras_edu.CurriculumDataset(
+        x[keep], y[keep], partition=partition, batch_size=4, order=order,
+        grade=3, seed=0,
+    )
+    assert data.batches_per_group() == [3, 2, 2] and len(data) == 7
+    served = [data[i] for i in range(len(data))]
+    assert {len(labels) for _, labels in served} == {4}
+    for group in range(3):
+        rows = [
+            np.asarray(batch_x).reshape(len(batch_x), -1)
+            for batch_x, labels in served
+            if partition.group_of(labels)[0] == group
+        ]
+        rows = np.concatenate(rows)
+        members = x[keep][partition.group_of(y[keep]) == group].reshape(-1, 64)
+        # Every sample of the group is served; repeats fill the last batch.
+        assert {r.tobytes() for r in members} <= {r.tobytes() for r in rows}
+
+
+def test_unchanged_grade_skips_the_iterator_scan(monkeypatch):
+    import keras_edu.curriculum as curriculum
+
+    scans = []
+    monkeypatch.setattr(
+        curriculum, "_refresh_keras_epoch_iterators", lambda d: scans.append(d)
+    )
+    partition = keras_edu.ClassPartition.contiguous(6, "1:1:1")
+    x, y = _data(per_class=4)
+    data = keras_edu.CurriculumDataset(x, y, partition=partition, batch_size=4)
+    data.set_grade(1)
+    assert scans == []
+    data.set_grade(2)
+    assert scans == [data] and len(data) == 4
 
 
 def test_stratified_curriculum_from_tf_data():
