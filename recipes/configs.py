@@ -17,38 +17,42 @@ not been tuned.
 
 import difflib
 
+
+def _schedule(epochs, batch_size, lr, lr_decay_epochs, boundaries):
+    """The settings every config shares, around its own schedule.
+
+    SGD with momentum 0.9 and weight decay 5e-4, the learning rate x0.1 at
+    `lr_decay_epochs`, three class groups whose grades 2 and 3 start at
+    `boundaries`, alpha 0.3 and temperature 4; teachers train as long as
+    students. Epoch lists are strings, as the list flags hold them.
+    """
+    return {
+        "partition": "1:1:1",
+        "epochs": epochs,
+        "teacher_epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "lr_decay_epochs": [str(e) for e in lr_decay_epochs],
+        "lr_decay_factor": 0.1,
+        "boundaries": [str(b) for b in boundaries],
+        "alpha": 0.3,
+        "temperature": 4.0,
+    }
+
+
 _CIFAR100 = {
     "dataset": "cifar100",
     "augment": "cifar",
-    "partition": "1:1:1",
-    "epochs": 240,
-    "teacher_epochs": 240,
-    "batch_size": 64,
-    "lr": 0.05,
-    "momentum": 0.9,
-    "weight_decay": 5e-4,
-    "lr_decay_epochs": ["150", "180", "210"],
-    "lr_decay_factor": 0.1,
-    "boundaries": ["150", "180"],
-    "alpha": 0.3,
-    "temperature": 4.0,
+    # epochs, batch size, learning rate, its decays, grade boundaries.
+    **_schedule(240, 64, 0.05, (150, 180, 210), (150, 180)),
 }
 
 _LARGE_IMAGES = {
     "image_size": "64",
     "augment": "resize_crop",
-    "partition": "1:1:1",
-    "epochs": 120,
-    "teacher_epochs": 120,
-    "batch_size": 128,
-    "lr": 0.1,
-    "momentum": 0.9,
-    "weight_decay": 5e-4,
-    "lr_decay_epochs": ["75", "90", "105"],
-    "lr_decay_factor": 0.1,
-    "boundaries": ["75", "90"],
-    "alpha": 0.3,
-    "temperature": 4.0,
+    **_schedule(120, 128, 0.1, (75, 90, 105), (75, 90)),
 }
 
 CONFIGS = {

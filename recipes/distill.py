@@ -33,16 +33,18 @@ import dataclasses
 import json
 import os
 
-from absl import app
 from absl import flags
 import keras
 import numpy as np
 
-import common
+import architectures
+import cli
 import configs
+import data_loading
 import keras_edu
 from keras_edu.curriculum import DEFAULT_ORDER
 from keras_edu.curriculum import ORDERS
+import training
 
 METHODS = ("scratch", "kd", "aver", "amtml", "ed", "ed_amtml")
 GRADED_METHODS = ("ed", "ed_amtml")
@@ -50,8 +52,8 @@ AMTML_METHODS = ("amtml", "ed_amtml")
 
 
 def define_flags(flag_values):
-    common.define_data_flags(flag_values)
-    common.define_training_flags(flag_values, configs.names())
+    data_loading.define_data_flags(flag_values)
+    training.define_training_flags(flag_values, configs.names())
     flags.DEFINE_enum(
         "method",
         None,
@@ -137,7 +139,7 @@ class DistillOptions:
     Attributes:
         method: One of `METHODS`.
         student: The student's architecture name (see
-            `common.build_model`).
+            `architectures.build_model`).
         partition: The `keras_edu.ClassPartition`: the grades of
             `ed`/`ed_amtml`, and the groups of the per-group scores.
         teachers: `load_teachers`' output (empty for `scratch`).
@@ -165,11 +167,11 @@ class DistillOptions:
 def check_terms(alpha, temperature):
     """Refuses an `alpha` outside [0, 1] or a temperature <= 0."""
     if not 0 <= alpha <= 1:
-        raise common.RecipeError(
+        raise cli.RecipeError(
             f"--alpha must be in [0, 1]. Received: {alpha}."
         )
     if not temperature > 0:
-        raise common.RecipeError(
+        raise cli.RecipeError(
             f"--temperature must be > 0. Received: {temperature}."
         )
 
@@ -182,11 +184,11 @@ def amtml_available():
 def check_method(method):
     """Refuses methods this keras_edu cannot run yet, before any work."""
     if method not in METHODS:
-        raise common.RecipeError(
+        raise cli.RecipeError(
             f"Unknown --method={method}. Valid methods: {', '.join(METHODS)}."
         )
     if method in AMTML_METHODS and not amtml_available():
-        raise common.RecipeError(
+        raise cli.RecipeError(
             f"--method={method} needs the AMTML Distiller wiring "
             "(`keras_edu.losses.AMTML` with the Distiller's feature taps), "
             "which is not available in this keras_edu version yet; see "
@@ -216,7 +218,7 @@ def parse_teacher_spec(spec, graded, num_groups):
             for part in spec.split(";")
         ]
         if graded and len(parts) != num_groups:
-            raise common.RecipeError(
+            raise cli.RecipeError(
                 f"--teachers lists {len(parts)} `;`-separated groups but "
                 f"--partition has {num_groups}. Give the teachers of each "
                 "group, in group order."
@@ -233,7 +235,7 @@ def parse_teacher_spec(spec, graded, num_groups):
 
 def _read_manifest(path):
     if not os.path.isfile(path):
-        raise common.RecipeError(f"--teachers={path}: no such manifest file.")
+        raise cli.RecipeError(f"--teachers={path}: no such manifest file.")
     try:
         with open(path) as f:
             entries = json.load(f)["teachers"]
@@ -247,7 +249,7 @@ def _read_manifest(path):
             for e in entries
         ]
     except (ValueError, KeyError, TypeError):
-        raise common.RecipeError(
+        raise cli.RecipeError(
             f"--teachers={path} is not a manifest written by train_teacher.py "
             "(a JSON object with a `teachers` list of {path, classes})."
         ) from None
@@ -270,21 +272,21 @@ def load_teachers(spec, data, method, partition):
             )
         return []
     if not specs:
-        raise common.RecipeError(
+        raise cli.RecipeError(
             f"--method={method} needs --teachers: `.keras` files or a "
             "manifest from train_teacher.py."
         )
     teachers = []
     for path, group_index, classes in specs:
         model = _load_model(path)
-        common.check_input_shape(model, data, f"Teacher {path}")
+        architectures.check_input_shape(model, data, f"Teacher {path}")
         width = model.outputs[0].shape[-1]
         if classes is None:
             classes = _classes_for(
                 path, width, data.num_classes, partition, group_index, method
             )
         elif len(classes) != width:
-            raise common.RecipeError(
+            raise cli.RecipeError(
                 f"Teacher {path} has {width} logits but its manifest entry "
                 f"lists {len(classes)} classes. Retrain it or fix the "
                 "manifest."
@@ -299,15 +301,10 @@ def load_teachers(spec, data, method, partition):
 
 
 def _load_model(path):
+    """Loads one `--teachers` file, saying so when it does not exist."""
     if not os.path.isfile(path):
-        raise common.RecipeError(f"--teachers: no such file {path}.")
-    try:
-        return keras.saving.load_model(path, compile=False)
-    except Exception as error:
-        raise common.RecipeError(
-            f"--teachers: cannot load {path} as a Keras model "
-            f"({type(error).__name__}: {error})."
-        ) from None
+        raise cli.RecipeError(f"--teachers: no such file {path}.")
+    return architectures.load_model(path, "teachers")
 
 
 def _classes_for(path, width, num_classes, partition, group_index, method):
@@ -327,13 +324,13 @@ def _classes_for(path, width, num_classes, partition, group_index, method):
                 "class groups use --method=ed, or retrain the teacher on "
                 "every class (train_teacher.py without --partition)."
             )
-        raise common.RecipeError(
+        raise cli.RecipeError(
             f"Teacher {path} has {width} logits but the data set has "
             f"{num_classes} classes. {fix}"
         )
     group = partition.groups[group_index]
     if width != len(group):
-        raise common.RecipeError(
+        raise cli.RecipeError(
             f"Teacher {path} has {width} logits, but it teaches group "
             f"{group_index + 1} of --partition, which has {len(group)} "
             f"classes ({group}). List the teachers in group order, pass the "
@@ -346,7 +343,7 @@ def _classes_for(path, width, num_classes, partition, group_index, method):
 def _check_teacher_classes(path, classes, data, method, partition):
     full = sorted(classes) == list(range(data.num_classes))
     if max(classes) >= data.num_classes:
-        raise common.RecipeError(
+        raise cli.RecipeError(
             f"Teacher {path} covers class ids up to {max(classes)} but "
             f"--dataset={data.name} has {data.num_classes} classes."
         )
@@ -354,13 +351,13 @@ def _check_teacher_classes(path, classes, data, method, partition):
         if not full and sorted(classes) not in [
             sorted(g) for g in partition.groups
         ]:
-            raise common.RecipeError(
+            raise cli.RecipeError(
                 f"Teacher {path} covers classes {sorted(classes)}, which are "
                 f"not one group of --partition ({partition.groups}). Pass the "
                 "partition the specialists were trained with."
             )
     elif not full:
-        raise common.RecipeError(
+        raise cli.RecipeError(
             f"Teacher {path} is a specialist of {len(classes)} classes; "
             f"--method={method} needs full teachers ({data.num_classes} "
             "logits). Use --method=ed for specialists."
@@ -369,12 +366,12 @@ def _check_teacher_classes(path, classes, data, method, partition):
 
 def _check_teacher_count(method, teachers):
     if method == "kd" and len(teachers) != 1:
-        raise common.RecipeError(
+        raise cli.RecipeError(
             f"--method=kd distils one teacher but --teachers lists "
             f"{len(teachers)}. Use --method=aver (or amtml) for several."
         )
     if method in ("aver", "amtml") and len(teachers) < 2:
-        raise common.RecipeError(
+        raise cli.RecipeError(
             f"--method={method} combines several full teachers but "
             f"--teachers lists {len(teachers)}. Give two or more, or use "
             "--method=kd."
@@ -388,20 +385,20 @@ def check_boundaries(boundaries, method, partition, epochs):
     """Validates `--boundaries`; non-graded methods keep those < epochs."""
     values = list(boundaries)
     if any(b >= a for a, b in zip(values[1:], values[:-1])):
-        raise common.RecipeError(
+        raise cli.RecipeError(
             f"--boundaries must be strictly increasing. Received: {values}."
         )
     if method not in GRADED_METHODS:
         return tuple(b for b in values if b < epochs)
     needed = partition.num_groups - 1
     if len(values) != needed:
-        raise common.RecipeError(
+        raise cli.RecipeError(
             f"--method={method} with {partition.num_groups} groups in "
             f"--partition needs {needed} --boundaries (the epochs at which "
             f"grades 2..{partition.num_groups} start). Received: {values}."
         )
     if values and values[-1] >= epochs:
-        raise common.RecipeError(
+        raise cli.RecipeError(
             f"--boundaries must be < --epochs={epochs}, or the last grades "
             f"never train. Received: {values}."
         )
@@ -412,7 +409,7 @@ def graded_student(model, partition, arch):
     """Splits a model at its `stage{k}_out` layers into one stage per group."""
     stages = keras_edu.models.stage_ends(model)
     if len(stages) != partition.num_groups:
-        raise common.RecipeError(
+        raise cli.RecipeError(
             f"--student={arch} has {len(stages)} stages, but --partition has "
             f"{partition.num_groups} groups; education distillation adds one "
             f"stage per grade. Use a {len(stages)}-group partition, e.g. "
@@ -427,9 +424,9 @@ def distill(data, options, settings, student_path):
     """Trains a student, saves it, and returns its results.
 
     Args:
-        data: A `common.Data`.
+        data: A `data_loading.Data`.
         options: A `DistillOptions`.
-        settings: A `common.TrainSettings`.
+        settings: A `training.TrainSettings`.
         student_path: Where to save the trained student (`.keras`).
 
     Returns:
@@ -438,16 +435,18 @@ def distill(data, options, settings, student_path):
     method, partition = options.method, options.partition
     print(f"\n== {method}: {options.student} student on {data.name}")
     keras.utils.set_random_seed(settings.seed)
-    target = common.build_model(
+    target = architectures.build_model(
         options.student,
         data.num_classes,
         data.image_shape,
         settings.weight_decay,
         "student",
     )
-    evaluator = common.TestEvaluator(data.test_x, data.test_y, partition.groups)
+    evaluator = training.TestEvaluator(
+        data.test_x, data.test_y, partition.groups
+    )
     if method == "scratch":
-        common.fit_plain(target, data, settings, callbacks=[evaluator])
+        training.fit_plain(target, data, settings, callbacks=[evaluator])
         student = target
     else:
         graded = method in GRADED_METHODS
@@ -461,9 +460,9 @@ def distill(data, options, settings, student_path):
             loss=keras_edu.losses.AMTML() if method in AMTML_METHODS else None,
         )
         distiller.compile(
-            optimizer=common.make_optimizer(settings), metrics=["accuracy"]
+            optimizer=training.make_optimizer(settings), metrics=["accuracy"]
         )
-        callbacks = [evaluator, *common.schedule_callbacks(settings)]
+        callbacks = [evaluator, *training.schedule_callbacks(settings)]
         if graded:
             callbacks.append(
                 keras_edu.GradeCallback(
@@ -472,9 +471,9 @@ def distill(data, options, settings, student_path):
                     seed=settings.seed,
                 )
             )
-            inputs = common.unbatched_inputs(data, settings)
+            inputs = data_loading.unbatched_inputs(data, settings)
         else:
-            inputs = common.fit_inputs(data, settings)
+            inputs = data_loading.fit_inputs(data, settings)
         distiller.fit(
             epochs=settings.epochs,
             verbose=settings.verbose,
@@ -498,7 +497,7 @@ def results_dict(data, options, settings, evaluator, student, path):
         "recipe": "distill",
         "method": method,
         "dataset": data.name,
-        **common.run_facts(settings.seed),
+        **cli.run_facts(settings.seed),
         "epochs": settings.epochs,
         "student": options.student,
         "teachers": [info for _, info in options.teachers],
@@ -537,7 +536,7 @@ def _train_size(data):
 
 def print_summary(results, file=None):
     """The comparison table of one or more `distill` results."""
-    common.print_table(
+    cli.print_table(
         results,
         [
             ("method", "method", "s"),
@@ -546,7 +545,7 @@ def print_summary(results, file=None):
             ("top-1 best", "top1_best", ".4f"),
             (
                 "per-group top-1",
-                lambda r: common.format_groups(r["per_group_top1"]),
+                lambda r: cli.format_groups(r["per_group_top1"]),
                 "s",
             ),
             ("s/epoch", lambda r: float(np.mean(r["epoch_seconds"])), ".1f"),
@@ -559,23 +558,25 @@ def print_summary(results, file=None):
 
 
 def body(flag_values):
-    common.resolve_flags(flag_values, configs, {})
+    cli.resolve_flags(flag_values, configs, {})
     method = flag_values.method
     check_method(method)
     check_terms(flag_values.alpha, flag_values.temperature)
-    settings = common.settings_from_flags(flag_values)
-    boundaries = common.int_list(
+    settings = training.settings_from_flags(flag_values)
+    boundaries = cli.int_list(
         flag_values.boundaries, "boundaries", minimum=1
     )
-    common.check_arch(flag_values.student, "student")
+    architectures.check_arch(flag_values.student, "student")
     results = flag_values.results
     student_out = (
         flag_values.student_out or os.path.splitext(results)[0] + ".keras"
     )
-    common.check_output_path(results, flag_values.overwrite, "results")
-    common.check_output_path(student_out, flag_values.overwrite, "student_out")
-    data = common.data_from_flags(flag_values)
-    partition = common.parse_partition(flag_values.partition, data.num_classes)
+    cli.check_output_path(results, flag_values.overwrite, "results")
+    cli.check_output_path(student_out, flag_values.overwrite, "student_out")
+    data = data_loading.data_from_flags(flag_values)
+    partition = data_loading.parse_partition(
+        flag_values.partition, data.num_classes
+    )
     options = DistillOptions(
         method=method,
         student=flag_values.student,
@@ -593,14 +594,13 @@ def body(flag_values):
     result = distill(data, options, settings, student_out)
     result["quick"] = bool(flag_values.quick)
     result["config"] = flag_values.config
-    common.write_json(results, result)
+    cli.write_json(results, result)
     print_summary([result])
     print(f"\nResults: {results}\nStudent: {student_out}")
     return result
 
 
-main, run = common.entry_points(define_flags, body)
+main, run = cli.entry_points(define_flags, body)
 
 if __name__ == "__main__":
-    define_flags(flags.FLAGS)
-    app.run(main)
+    cli.launch(define_flags, main)

@@ -34,12 +34,12 @@ import subprocess
 import sys
 import time
 
-from absl import app
 from absl import flags
 import keras
 import numpy as np
 
-import common
+import architectures
+import cli
 
 FORMATS = ("tf_saved_model", "litert", "onnx")
 # The file suffix each format needs (`None`: a folder).
@@ -123,12 +123,12 @@ def define_flags(flag_values):
 def check_format(fmt, out=None):
     """Validates a format, its output path's form, and its packages."""
     if fmt not in FORMATS:
-        raise common.RecipeError(
+        raise cli.RecipeError(
             f"Unknown --format={fmt}. Valid formats: {', '.join(FORMATS)}."
         )
     suffix = SUFFIXES[fmt]
     if out is not None and suffix and not out.endswith(suffix):
-        raise common.RecipeError(
+        raise cli.RecipeError(
             f"--format={fmt} writes a `{suffix}` file: --out must end with "
             f"`{suffix}`. Received: --out={out}."
         )
@@ -137,7 +137,7 @@ def check_format(fmt, out=None):
         and suffix is None
         and out.endswith((".keras", ".tflite", ".onnx", ".h5"))
     ):
-        raise common.RecipeError(
+        raise cli.RecipeError(
             f"--format={fmt} writes a folder; --out={out} looks like a file "
             "name. Pass a folder path."
         )
@@ -147,7 +147,7 @@ def check_format(fmt, out=None):
         if importlib.util.find_spec(module) is None
     ]
     if missing:
-        raise common.RecipeError(
+        raise cli.RecipeError(
             f"--format={fmt} needs {', '.join(missing)}, which is not "
             "installed. Install the export extra: pip install "
             f"'keras-edu[export]' (or: pip install {' '.join(missing)})."
@@ -157,14 +157,14 @@ def check_format(fmt, out=None):
 def check_targets(student, targets, overwrite):
     """Validates the student path, formats, output paths and packages."""
     if not student or not os.path.isfile(student):
-        raise common.RecipeError(f"--student={student}: no such `.keras` file.")
+        raise cli.RecipeError(f"--student={student}: no such `.keras` file.")
     if not targets:
-        raise common.RecipeError(
+        raise cli.RecipeError(
             "--out is required: the path of the exported artefact."
         )
     for fmt, out in targets.items():
         check_format(fmt, out)
-        common.check_output_path(out, overwrite, "out")
+        cli.check_output_path(out, overwrite, "out")
 
 
 def export_student(
@@ -190,10 +190,10 @@ def export_student(
             `tolerance` (after every format was checked).
     """
     check_targets(student, targets, overwrite)
-    model = _load(student)
+    model = architectures.load_model(student, "student")
     shape = tuple(model.inputs[0].shape[1:])
     if None in shape:
-        raise common.RecipeError(
+        raise cli.RecipeError(
             f"--student={student} takes inputs of shape {shape}; the check "
             "needs a fixed image size."
         )
@@ -205,7 +205,7 @@ def export_student(
     reference = np.asarray(model.predict(x, verbose=0), "float32")
     for out in targets.values():
         if os.path.exists(out):
-            common.remove_path(out)
+            cli.remove_path(out)
     start = time.perf_counter()
     if keras.backend.backend() == "tensorflow":
         write_artefacts(model, targets)
@@ -246,16 +246,6 @@ def export_student(
             + f" differ from the Keras model by more than --tolerance={tolerance:g}."
         )
     return reports
-
-
-def _load(path):
-    try:
-        return keras.saving.load_model(path, compile=False)
-    except Exception as error:
-        raise common.RecipeError(
-            f"--student={path} cannot be loaded as a Keras model "
-            f"({type(error).__name__}: {error})."
-        ) from None
 
 
 def write_artefacts(model, targets):
@@ -326,13 +316,13 @@ RUNNERS = {
 def body(flag_values):
     formats, outs = flag_values.format, flag_values.out
     if len(formats) != len(outs):
-        raise common.RecipeError(
+        raise cli.RecipeError(
             f"--format lists {len(formats)} format(s) but --out lists "
             f"{len(outs)} path(s); give one --out per format."
         )
     targets = dict(zip(formats, outs))
     if flag_values.export_only:
-        model = _load(flag_values.student)
+        model = architectures.load_model(flag_values.student, "student")
         # Keras exports only models that have been called once.
         shape = tuple(model.inputs[0].shape[1:])
         model.predict(np.zeros((1, *shape), "float32"), verbose=0)
@@ -348,11 +338,10 @@ def body(flag_values):
             seed=flag_values.seed,
         )
     except ParityError as error:
-        raise common.RecipeError(str(error)) from None
+        raise cli.RecipeError(str(error)) from None
 
 
-main, run = common.entry_points(define_flags, body)
+main, run = cli.entry_points(define_flags, body)
 
 if __name__ == "__main__":
-    define_flags(flags.FLAGS)
-    app.run(main)
+    cli.launch(define_flags, main)

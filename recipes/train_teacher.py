@@ -22,22 +22,24 @@ Usage:
 
 import os
 
-from absl import app
 from absl import flags
 import keras
 import numpy as np
 
-import common
+import architectures
+import cli
 import configs
+import data_loading
 from keras_edu import data as edu_data
+import training
 
 # `--config` keys read under another name by this recipe.
 CONFIG_KEYS = {"arch": "teacher", "epochs": "teacher_epochs"}
 
 
 def define_flags(flag_values):
-    common.define_data_flags(flag_values)
-    common.define_training_flags(flag_values, configs.names())
+    data_loading.define_data_flags(flag_values)
+    training.define_training_flags(flag_values, configs.names())
     flags.DEFINE_string(
         "arch",
         "resnet20",
@@ -82,11 +84,11 @@ def train_teachers(data, arch, partition, settings, paths):
     """Trains and saves a full teacher or one specialist per group.
 
     Args:
-        data: A `common.Data`.
-        arch: The architecture name (see `common.build_model`).
+        data: A `data_loading.Data`.
+        arch: The architecture name (see `architectures.build_model`).
         partition: `None` for one full teacher, or a
             `keras_edu.ClassPartition` for one specialist per group.
-        settings: A `common.TrainSettings`.
+        settings: A `training.TrainSettings`.
         paths: The `.keras` path of each teacher (`teacher_paths`).
 
     Returns:
@@ -113,10 +115,10 @@ def train_teachers(data, arch, partition, settings, paths):
             data, classes, kind
         )
         keras.utils.set_random_seed(settings.seed + (group_id or 0))
-        model = common.build_model(
+        model = architectures.build_model(
             arch, len(classes), data.image_shape, settings.weight_decay, name
         )
-        seconds = common.fit_plain(
+        seconds = training.fit_plain(
             model, data, settings, source=train_source, arrays=train_arrays
         )
         logits = model.predict(test_x, batch_size=256, verbose=0)
@@ -154,7 +156,7 @@ def _group_data(data, classes, kind):
             return None, arrays, test
         (source,) = edu_data.split_by_groups(data.train, [classes])
     except ValueError as error:
-        raise common.RecipeError(
+        raise cli.RecipeError(
             f"--partition: the group of classes {classes} cannot be trained: "
             f"{error} Use a partition whose groups all have training and test "
             "images (or more --train_size/--test_size)."
@@ -167,7 +169,7 @@ def manifest(data, arch, partition, settings, entries):
     return {
         "recipe": "train_teacher",
         "dataset": data.name,
-        **common.run_facts(settings.seed),
+        **cli.run_facts(settings.seed),
         "arch": arch,
         "num_classes": data.num_classes,
         "class_names": list(data.class_names),
@@ -179,7 +181,7 @@ def manifest(data, arch, partition, settings, entries):
 
 
 def print_summary(entries, file=None):
-    common.print_table(
+    cli.print_table(
         entries,
         [
             ("teacher", lambda e: os.path.basename(e["path"]), "s"),
@@ -195,33 +197,32 @@ def print_summary(entries, file=None):
 
 
 def body(flag_values):
-    common.resolve_flags(flag_values, configs, CONFIG_KEYS)
-    settings = common.settings_from_flags(flag_values)
-    common.check_arch(flag_values.arch, "arch")
+    cli.resolve_flags(flag_values, configs, CONFIG_KEYS)
+    settings = training.settings_from_flags(flag_values)
+    architectures.check_arch(flag_values.arch, "arch")
     results = flag_values.results or os.path.join(
         flag_values.out_dir, "teachers.json"
     )
-    common.check_output_path(results, flag_values.overwrite, "results")
-    data = common.data_from_flags(flag_values)
+    cli.check_output_path(results, flag_values.overwrite, "results")
+    data = data_loading.data_from_flags(flag_values)
     partition = (
-        common.parse_partition(flag_values.partition, data.num_classes)
+        data_loading.parse_partition(flag_values.partition, data.num_classes)
         if flag_values.partition
         else None
     )
     paths = teacher_paths(flag_values.out_dir, partition)
     for path in paths:
-        common.check_output_path(path, flag_values.overwrite, "out_dir")
+        cli.check_output_path(path, flag_values.overwrite, "out_dir")
     keras.utils.set_random_seed(settings.seed)
     entries = train_teachers(data, flag_values.arch, partition, settings, paths)
     report = manifest(data, flag_values.arch, partition, settings, entries)
-    common.write_json(results, report)
+    cli.write_json(results, report)
     print_summary(entries)
     print(f"\nManifest: {results}")
     return report
 
 
-main, run = common.entry_points(define_flags, body)
+main, run = cli.entry_points(define_flags, body)
 
 if __name__ == "__main__":
-    define_flags(flags.FLAGS)
-    app.run(main)
+    cli.launch(define_flags, main)

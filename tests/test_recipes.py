@@ -207,8 +207,9 @@ def test_specialist_manifest(teachers):
 
 
 # scratch, kd and ed run end to end in the main job above; `distill.run`
-# trains on an image folder below. These take 5-25 s each on JAX.
-@pytest.mark.slow
+# trains on an image folder below, and the other methods here, so that
+# every --method writes its results JSON in the default run (5-25 s each
+# on JAX).
 @pytest.mark.parametrize("method", ["aver", "amtml", "ed_amtml"])
 def test_distill_cli_end_to_end(fmnist, teachers, tmp_path, method):
     if method in distill.AMTML_METHODS and not distill.amtml_available():
@@ -406,6 +407,18 @@ def test_existing_output_is_refused_without_overwrite(tmp_path):
     (tmp_path / "scratch.json").write_text("{}")
     with pytest.raises(common.RecipeError, match="already exists.*--overwrite"):
         distill.run(distill_args("x", tmp_path, "scratch"))
+
+
+def test_overwrite_replaces_existing_outputs(fmnist, tmp_path):
+    (tmp_path / "scratch.json").write_text("{}")
+    (tmp_path / "scratch.keras").write_text("an older student")
+    result = distill.run(
+        distill_args(fmnist, tmp_path, "scratch", "--overwrite")
+    )
+    with open(tmp_path / "scratch.json") as f:
+        saved = json.load(f)
+    assert saved == json.loads(json.dumps(result))
+    check_results(saved, "scratch", test_examples=60)
 
 
 def test_cli_prints_one_line_errors(tmp_path):

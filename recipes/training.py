@@ -1,0 +1,270 @@
+"""How the recipes train and score: settings, schedule, fit, test evaluation.
+
+SGD with momentum and an epoch-wise step schedule (`TrainSettings`), plain
+cross-entropy training (`fit_plain`), and `TestEvaluator`, which times
+each epoch and scores the model on the real test split after it.
+"""
+
+import dataclasses
+import math
+import time
+
+from absl import flags
+import keras
+import numpy as np
+
+from cli import RecipeError
+from cli import int_list
+from data_loading import fit_inputs
+
+
+# ---------------------------------------------------------------- flags
+
+
+def define_training_flags(flag_values, config_names):
+    """The flags of the optimisation, shared by the training recipes."""
+    flags.DEFINE_enum(
+        "config",
+        None,
+        config_names,
+        "A named recipe from recipes/configs.py; it sets the defaults of the "
+        "flags it lists (flags given on the command line still win).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_integer(
+        "epochs", 6, "Training epochs.", flag_values=flag_values
+    )
+    flags.DEFINE_integer(
+        "batch_size", 64, "Batch size.", flag_values=flag_values
+    )
+    flags.DEFINE_float(
+        "lr", 0.05, "Initial learning rate of SGD.", flag_values=flag_values
+    )
+    flags.DEFINE_float(
+        "momentum", 0.9, "SGD momentum.", flag_values=flag_values
+    )
+    flags.DEFINE_float(
+        "weight_decay",
+        5e-4,
+        "Weight decay of convolution and dense kernels (PyTorch SGD's "
+        "coupled `weight_decay`).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_list(
+        "lr_decay_epochs",
+        [],
+        "Epochs at which the learning rate is multiplied by "
+        "--lr_decay_factor, e.g. `150,180,210`.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_float(
+        "lr_decay_factor",
+        0.1,
+        "Learning-rate factor applied at each of --lr_decay_epochs.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_integer(
+        "seed",
+        0,
+        "Seed of weights, shuffles, subsets and augmentation.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_bool(
+        "quick",
+        False,
+        "A small, fast run: 2,000 training and 1,000 test images, 3 epochs "
+        "(grades at epochs 1 and 2), no learning-rate decay. Flags given "
+        "on the command line still win.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_bool(
+        "overwrite",
+        False,
+        "Replace output files that already exist.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_integer(
+        "verbose",
+        1,
+        "Keras verbosity: 1 progress bar, 2 one line per epoch, 0 silent.",
+        flag_values=flag_values,
+    )
+
+
+# ------------------------------------------------------------- settings
+
+
+@dataclasses.dataclass
+class TrainSettings:
+    """How to optimise: SGD with momentum, an epoch-wise step schedule."""
+
+    epochs: int = 6
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_decay_epochs: tuple = ()
+    lr_decay_factor: float = 0.1
+    seed: int = 0
+    verbose: int = 1
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int)
+                or value < 1
+            ):
+                raise RecipeError(
+                    f"--{name} must be a positive integer. Received: {value!r}."
+                )
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise RecipeError(f"--lr must be > 0. Received: {self.lr}.")
+        if not 0 <= self.momentum < 1:
+            raise RecipeError(
+                f"--momentum must be in [0, 1). Received: {self.momentum}."
+            )
+        if self.weight_decay < 0:
+            raise RecipeError(
+                f"--weight_decay must be >= 0. Received: {self.weight_decay}."
+            )
+        self.lr_decay_epochs = tuple(self.lr_decay_epochs)
+
+    def as_dict(self):
+        """The settings as a JSON-ready dict (for the results files)."""
+        return dataclasses.asdict(self)
+
+
+def settings_from_flags(flag_values):
+    """The `TrainSettings` of the flags of `define_training_flags`."""
+    return TrainSettings(
+        epochs=flag_values.epochs,
+        batch_size=flag_values.batch_size,
+        lr=flag_values.lr,
+        momentum=flag_values.momentum,
+        weight_decay=flag_values.weight_decay,
+        lr_decay_epochs=int_list(
+            flag_values.lr_decay_epochs, "lr_decay_epochs", minimum=1
+        ),
+        lr_decay_factor=flag_values.lr_decay_factor,
+        seed=flag_values.seed,
+        verbose=flag_values.verbose,
+    )
+
+
+def make_optimizer(settings):
+    """SGD with the settings' learning rate and momentum."""
+    return keras.optimizers.SGD(
+        learning_rate=settings.lr, momentum=settings.momentum
+    )
+
+
+def learning_rate_at(settings, epoch):
+    """The learning rate of `epoch` (0-based) under the step schedule."""
+    decays = sum(epoch >= e for e in settings.lr_decay_epochs)
+    return settings.lr * settings.lr_decay_factor**decays
+
+
+def schedule_callbacks(settings):
+    """The learning-rate schedule as a callback, or none.
+
+    Epoch-based rather than a step-based `LearningRateSchedule`: the number
+    of steps per epoch changes at each grade of education distillation, and
+    the decay must still happen at the same epochs.
+    """
+    if not settings.lr_decay_epochs:
+        return []
+    return [
+        keras.callbacks.LearningRateScheduler(
+            lambda epoch, lr: learning_rate_at(settings, epoch)
+        )
+    ]
+
+
+# -------------------------------------------------------- fit and score
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Wall-clock seconds of each training epoch."""
+
+    def __init__(self):
+        super().__init__()
+        self.seconds = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(round(time.perf_counter() - self._start, 3))
+
+
+class TestEvaluator(EpochTimer):
+    """Times each epoch, then scores the student on the test split.
+
+    Runs the student in inference mode on the real test split after every
+    epoch and records the overall and per-group top-1. A graded student's
+    logits cover the classes seen so far; they are mapped back to global
+    class ids, so classes not seen yet count as errors. The epoch time is
+    taken before the scoring, so it is the training time alone.
+    """
+
+    def __init__(self, x, y, groups, batch_size=256):
+        super().__init__()
+        self.x, self.y = x, y
+        self.groups = groups
+        self.batch_size = batch_size
+        self.top1 = []
+        self.per_group = []
+        self.grades = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        top1, per_group = self.score(self.model)
+        self.top1.append(top1)
+        self.per_group.append(per_group)
+        self.grades.append(getattr(self.model, "grade", None))
+        if logs is not None:
+            logs["test_top1"] = top1
+
+    def score(self, model):
+        """Overall and per-group test top-1 of `model` (or its student)."""
+        student = getattr(model, "student", model)
+        logits = student.predict(self.x, batch_size=self.batch_size, verbose=0)
+        predicted = np.argmax(logits, axis=-1)
+        graded = getattr(model, "graded_student", None)
+        if graded is not None:
+            predicted = np.asarray(graded.classes_for_grade(model.grade))[
+                predicted
+            ]
+        return top1_scores(predicted, self.y, self.groups)
+
+
+def top1_scores(predicted, labels, groups):
+    """Overall top-1 and the top-1 of each group (`None` when it is empty)."""
+    correct = predicted == labels
+    per_group = []
+    for group in groups:
+        members = np.isin(labels, group)
+        per_group.append(
+            float(correct[members].mean()) if members.any() else None
+        )
+    return float(correct.mean()), per_group
+
+
+def fit_plain(model, data, settings, source=None, arrays=None, callbacks=()):
+    """Trains a plain classifier with cross-entropy; returns the epoch times."""
+    keras.utils.set_random_seed(settings.seed)
+    model.compile(
+        optimizer=make_optimizer(settings),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    timer = EpochTimer()
+    model.fit(
+        epochs=settings.epochs,
+        verbose=settings.verbose,
+        callbacks=[timer, *schedule_callbacks(settings), *callbacks],
+        **fit_inputs(data, settings, source, arrays),
+    )
+    return timer.seconds
