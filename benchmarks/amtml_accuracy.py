@@ -25,7 +25,14 @@ Every distiller uses `alpha=0.3` (cross-entropy weight) and `T=4`; all runs
 use Adam(1e-3), batch 128, the same number of epochs, and report the test
 accuracy (the real 10k test split, inference mode) after the last epoch and
 at the best epoch, as mean +- std over seeds. The mean teacher weights of
-the last epoch of the AMTML runs are printed too.
+the last epoch of the AMTML runs are printed too (the training log's
+`teacher_{k}_weight`), and, after training, the learned weights of every
+test image (the student's `beta` features through the trained
+`distiller.teacher_importance`): their mean per method and, for the chart
+run (the first seed's AMTML full run, else AMTML weights), their mean per
+class. `--json` also writes the per-image test weights of every AMTML run
+to `<json>_test_weights.npz`; `--chart` draws the chart run's weights per
+class with `keras_edu.visualize.teacher_weight_chart`.
 
 The full protocol (60k images, tens of epochs) does not fit a CPU budget:
 `--train_size` and `--epochs` shrink it, and the table says what ran.
@@ -34,7 +41,8 @@ Usage:
 
     KERAS_BACKEND=jax taskset -c 0 python benchmarks/amtml_accuracy.py \\
         --train_size 10000 --epochs 6 --teacher_epochs 6 --seeds 0,1,2 \\
-        --cache_dir /tmp/amtml_teachers
+        --cache_dir /tmp/amtml_teachers --json /tmp/amtml_acc.json \\
+        --chart docs/img/amtml_teacher_weights_fashion_mnist.png
 """
 
 import argparse
@@ -66,6 +74,9 @@ def parse_args(argv=None):
     parser.add_argument("--data_dir", default=None,
                         help="Directory of the Fashion-MNIST IDX files.")
     parser.add_argument("--json", default=None, help="Write the results here.")
+    parser.add_argument("--chart", default=None,
+                        help="Save the chart of the learned test-set teacher "
+                             "weights per class (PNG) here.")
     args = parser.parse_args(argv)
     args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -214,8 +225,28 @@ def teachers(args, train, test):
     return models, report
 
 
+def test_teacher_weights(distiller, x_test):
+    """The trained AMTML weights `a(x)` of every test image, `(N, K)`."""
+    import keras
+    import numpy as np
+
+    from keras_edu.feature_taps import last_feature_layer
+
+    student = distiller.student
+    beta = distiller.distillation_term.feature_layer or last_feature_layer(
+        student, "the student"
+    )
+    features = keras.Model(student.inputs, student.get_layer(beta).output)
+    weights = []
+    for start in range(0, len(x_test), 1000):
+        maps = features.predict(x_test[start:start + 1000], verbose=0)
+        weights.append(keras.ops.convert_to_numpy(distiller.teacher_importance(maps)))
+    return np.concatenate(weights, axis=0)
+
+
 def run_method(method, seed, teacher_models, train, test, args):
     import keras
+    import numpy as np
 
     import keras_edu
 
@@ -241,15 +272,42 @@ def run_method(method, seed, teacher_models, train, test, args):
     start = time.process_time()
     model.fit(*train, batch_size=args.batch_size, epochs=args.epochs, verbose=0,
               callbacks=[callback])
-    return {
+    cpu_seconds = time.process_time() - start
+    result = {
         "method": method,
         "seed": seed,
         "last": callback.accuracies[-1],
         "best": max(callback.accuracies),
         "per_epoch": callback.accuracies,
         "teacher_weights": callback.teacher_weights,
-        "cpu_seconds": time.process_time() - start,
+        "cpu_seconds": cpu_seconds,
     }
+    if method.startswith("AMTML"):
+        weights = test_teacher_weights(model, test[0]).astype("float64")
+        result["_test_weights"] = weights  # per image; not in the JSON
+        result["test_teacher_weights"] = [float(w) for w in weights.mean(axis=0)]
+        result["test_teacher_weights_per_class"] = [
+            [float(w) for w in weights[test[1] == c].mean(axis=0)]
+            for c in range(10)
+        ]
+        result["test_teacher_weights_range"] = [
+            [float(w) for w in weights.min(axis=0)],
+            [float(w) for w in weights.max(axis=0)],
+        ]
+        # How far the weights moved from the uniform 1/K (mean |a - 1/K|).
+        result["test_teacher_weights_mean_abs_dev"] = float(
+            np.mean(np.abs(weights - 1.0 / len(TEACHERS)))
+        )
+    return result
+
+
+def chart_run(runs, args):
+    """The run whose test weights are charted: first seed, AMTML full."""
+    for method in ("AMTML full", "AMTML weights"):
+        for run in runs:
+            if run["method"] == method and run["seed"] == args.seeds[0]:
+                return run
+    return None
 
 
 def mean_std(values):
@@ -298,7 +356,72 @@ def format_table(args, teacher_report, runs, cpu_seconds):
             f"| {method} | {mean_std([r['last'] for r in rows])} | "
             f"{mean_std([r['best'] for r in rows])} | {per_seed} | {weights} |"
         )
+    amtml = [m for m in args.methods if m.startswith("AMTML")]
+    if amtml:
+        lines += [
+            "",
+            "| AMTML run | learned teacher weights on the test set (cnn, resnet8, "
+            "mlp), mean over images and seeds | min..max over images "
+            "| mean abs(a - 1/3) |",
+            "|---|---|---|---|",
+        ]
+        for method in amtml:
+            rows = [r for r in runs if r["method"] == method]
+            if not rows:
+                continue
+            mean = [statistics.mean(r["test_teacher_weights"][k] for r in rows)
+                    for k in range(len(TEACHERS))]
+            low = [min(r["test_teacher_weights_range"][0][k] for r in rows)
+                   for k in range(len(TEACHERS))]
+            high = [max(r["test_teacher_weights_range"][1][k] for r in rows)
+                    for k in range(len(TEACHERS))]
+            deviation = statistics.mean(
+                r["test_teacher_weights_mean_abs_dev"] for r in rows
+            )
+            lines.append(
+                f"| {method} | {', '.join(f'{w:.4f}' for w in mean)} | "
+                + ", ".join(f"{a:.4f}..{b:.4f}" for a, b in zip(low, high))
+                + f" | {deviation:.2e} |"
+            )
+    run = chart_run(runs, args)
+    if run is not None:
+        from keras_edu.data import FASHION_MNIST_CLASS_NAMES
+
+        lines += [
+            "",
+            f"Learned test-set teacher weights per class, {run['method']}, "
+            f"seed {run['seed']}:",
+            "",
+            "| class | cnn | resnet8 | mlp |",
+            "|---|---:|---:|---:|",
+        ]
+        for c, weights in enumerate(run["test_teacher_weights_per_class"]):
+            lines.append(
+                f"| {c} {FASHION_MNIST_CLASS_NAMES[c]} | "
+                + " | ".join(f"{w:.4f}" for w in weights) + " |"
+            )
     return "\n".join(lines)
+
+
+def save_chart(run, labels, path):
+    """`teacher_weight_chart` of a run's per-image test weights, saved."""
+    from keras_edu import visualize
+    from keras_edu.data import FASHION_MNIST_CLASS_NAMES
+
+    figure = visualize.teacher_weight_chart(
+        run["_test_weights"], labels, teacher_names=list(TEACHERS),
+        class_names=list(FASHION_MNIST_CLASS_NAMES),
+    )
+    axes = figure.axes[0]
+    # The legend outside the axes: inside, it can cover a tall bar.
+    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
+    axes.set_title(
+        f"Mean learned teacher weight per class, {run['method']}, seed "
+        f"{run['seed']} (Fashion-MNIST test split)"
+    )
+    if os.path.dirname(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    figure.savefig(path, dpi=120, bbox_inches="tight")
 
 
 def main(argv=None):
@@ -316,10 +439,21 @@ def main(argv=None):
                   flush=True)
     table = format_table(args, teacher_report, runs, time.process_time() - start)
     print(table)
+    if args.chart and chart_run(runs, args) is not None:
+        save_chart(chart_run(runs, args), test[1], args.chart)
+        print(f"chart: {args.chart}")
     if args.json:
+        import numpy as np
+
         with open(args.json, "w") as f:
             json.dump({"config": vars(args), "teachers": teacher_report,
-                       "runs": runs}, f, indent=2)
+                       "runs": [{k: v for k, v in r.items() if not k.startswith("_")}
+                                for r in runs]}, f, indent=2)
+        weights = {f"{r['method']}/seed{r['seed']}": r["_test_weights"]
+                   for r in runs if "_test_weights" in r}
+        if weights:
+            np.savez_compressed(os.path.splitext(args.json)[0] + "_test_weights.npz",
+                                labels=test[1], **weights)
 
 
 if __name__ == "__main__":
