@@ -413,8 +413,6 @@ def save_chart(run, labels, path):
         class_names=list(FASHION_MNIST_CLASS_NAMES),
     )
     axes = figure.axes[0]
-    # The legend outside the axes: inside, it can cover a tall bar.
-    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
     axes.set_title(
         f"Mean learned teacher weight per class, {run['method']}, seed "
         f"{run['seed']} (Fashion-MNIST test split)"

@@ -233,7 +233,8 @@ def teacher_weight_chart(
                      linewidth=1, label=f"uniform (1/{num_teachers})")
         axes.set_ylabel("mean teacher weight")
         axes.set_ylim(0.0, max(1.0 / num_teachers, np.nanmax(means, initial=0)) * 1.15)
-        axes.legend(fontsize="small")
+        # Outside the axes: inside, the legend can cover a tall bar.
+        axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
         axes.set_xticks(positions, class_names,
                         rotation=45 if num_classes > 8 else 0,
                         ha="right" if num_classes > 8 else "center")
