@@ -225,25 +225,6 @@ def teachers(args, train, test):
     return models, report
 
 
-def test_teacher_weights(distiller, x_test):
-    """The trained AMTML weights `a(x)` of every test image, `(N, K)`."""
-    import keras
-    import numpy as np
-
-    from keras_edu.feature_taps import last_feature_layer
-
-    student = distiller.student
-    beta = distiller.distillation_term.feature_layer or last_feature_layer(
-        student, "the student"
-    )
-    features = keras.Model(student.inputs, student.get_layer(beta).output)
-    weights = []
-    for start in range(0, len(x_test), 1000):
-        maps = features.predict(x_test[start:start + 1000], verbose=0)
-        weights.append(keras.ops.convert_to_numpy(distiller.teacher_importance(maps)))
-    return np.concatenate(weights, axis=0)
-
-
 def run_method(method, seed, teacher_models, train, test, args):
     import keras
     import numpy as np
@@ -283,7 +264,7 @@ def run_method(method, seed, teacher_models, train, test, args):
         "cpu_seconds": cpu_seconds,
     }
     if method.startswith("AMTML"):
-        weights = test_teacher_weights(model, test[0]).astype("float64")
+        weights = model.teacher_weights(test[0], batch_size=1000).astype("float64")
         result["_test_weights"] = weights  # per image; not in the JSON
         result["test_teacher_weights"] = [float(w) for w in weights.mean(axis=0)]
         result["test_teacher_weights_per_class"] = [

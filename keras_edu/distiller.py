@@ -323,6 +323,68 @@ class Distiller(keras.Model):
             for teacher in self.teachers
         ]
 
+    def teacher_weights(self, x, batch_size=256):
+        """The learned AMTML teacher weights `a(x)` of each example.
+
+        Runs the student in inference mode and its `TeacherImportance` on
+        the pooled last feature map, as in training: one row per example,
+        one column per teacher, rows summing to 1. Feed the result to
+        `keras_edu.visualize.teacher_weight_chart`.
+
+        Args:
+            x: Inputs, a NumPy array (or anything the student takes) with
+                the examples on the first axis.
+            batch_size: Examples per student pass.
+
+        Returns:
+            A float32 NumPy array of shape `(len(x), len(teachers))`.
+
+        Example:
+
+        ```python
+        import keras, numpy as np
+        import keras_edu
+
+        def cnn(width):
+            inputs = keras.Input((8, 8, 1))
+            x = keras.layers.Conv2D(width, 3, activation="relu")(inputs)
+            x = keras.layers.GlobalAveragePooling2D()(x)
+            return keras.Model(inputs, keras.layers.Dense(3)(x))
+
+        distiller = keras_edu.Distiller(
+            cnn(4), [cnn(8), cnn(16)], loss=keras_edu.losses.AMTML()
+        )
+        x = np.random.rand(10, 8, 8, 1).astype("float32")
+        distiller.teacher_weights(x).shape  # (10, 2), near 1/2 before training
+        ```
+        """
+        if self._amtml is None:
+            raise ValueError(
+                "`teacher_weights` needs a Distiller built with "
+                "`loss=keras_edu.losses.AMTML(...)`: other losses learn no "
+                "per-example teacher weights."
+            )
+        if self.graded_student is not None:
+            raise ValueError(
+                "`teacher_weights` supports a plain student only: in "
+                "education distillation each group mixes its own teachers, "
+                "so the weights of an example depend on its label. Read "
+                "the `teacher_{k}_weight` logs of `fit` instead."
+            )
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(
+                "`batch_size` must be a positive integer. Received: "
+                f"batch_size={batch_size!r}."
+            )
+        rows = []
+        for start in range(0, len(x), batch_size):
+            _, features = self._amtml.student_taps(
+                x[start : start + batch_size], training=False
+            )
+            weights = self.teacher_importance(features[self._amtml.beta])
+            rows.append(ops.convert_to_numpy(ops.cast(weights, "float32")))
+        return np.concatenate(rows, axis=0)
+
     def _routed_distillation(self, labels, logits, teacher_logits):
         """Per-example distillation loss and a 0/1 mask of taught examples."""
         routing = self._routing

@@ -30,6 +30,7 @@ Usage:
 """
 
 import dataclasses
+import importlib.util
 import json
 import os
 
@@ -482,9 +483,46 @@ def distill(data, options, settings, student_path):
         )
         student = distiller.graduate()
     student.save(student_path)
-    return results_dict(
+    results = results_dict(
         data, options, settings, evaluator, student, student_path
     )
+    results["charts"] = save_charts(
+        results, distiller if method == "amtml" else None, data, student_path
+    )
+    return results
+
+
+def save_charts(results, amtml_distiller, data, student_path):
+    """The run's PNGs next to its student file; returns their paths.
+
+    Every run gets the per-group test top-1 over the epochs (the curriculum
+    chart, grades shaded for ed/ed_amtml); an `amtml` run also gets the
+    learned teacher weights per class on the test split. Needs matplotlib;
+    without it the run says so and saves no chart.
+    """
+    from keras_edu import visualize
+
+    if importlib.util.find_spec("matplotlib") is None:
+        print("No charts: `pip install matplotlib` to save them.")
+        return {}
+    prefix = os.path.splitext(student_path)[0]
+    charts = {"curriculum": prefix + "_curriculum.png"}
+    visualize.curriculum_chart(
+        results,
+        boundaries=results["boundaries"] if results["grade_by_epoch"] else [],
+        path=charts["curriculum"],
+    )
+    if amtml_distiller is not None:
+        charts["teacher_weights"] = prefix + "_teacher_weights.png"
+        visualize.teacher_weight_chart(
+            amtml_distiller.teacher_weights(data.test_x),
+            data.test_y,
+            teacher_names=[
+                os.path.basename(info["path"]) for info in results["teachers"]
+            ],
+            path=charts["teacher_weights"],
+        )
+    return {name: os.path.abspath(path) for name, path in charts.items()}
 
 
 def results_dict(data, options, settings, evaluator, student, path):

@@ -464,3 +464,33 @@ def test_education_with_several_teachers_per_group(tmp_path):
     ):
         np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
     assert distiller.graduate().count_params() == _graded(partition).graduate().count_params()
+
+
+def test_teacher_weights_of_each_example_match_numpy():
+    distiller = make_distiller()
+    x, _ = data(10)
+    weights = distiller.teacher_weights(x, batch_size=4)  # 3 batches: 4, 4, 2
+    importance = distiller.teacher_importance
+    # Max pooling of the last feature map (c2), s = beta @ (theta * w)^T.
+    beta = tap(distiller.student, "c2", x).max(axis=(1, 2)).astype("float64")
+    theta = to_numpy(importance.theta).astype("float64")
+    w = to_numpy(importance.w).astype("float64")
+    expected = np_softmax(beta @ (theta * w[None, :]).T)
+    assert weights.shape == (10, 3) and weights.dtype == np.float32
+    np.testing.assert_allclose(weights, expected, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(weights.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_teacher_weights_needs_amtml_and_a_plain_student():
+    plain = keras_edu.Distiller(student_model(), teacher_models())
+    with pytest.raises(ValueError, match="loss=keras_edu.losses.AMTML"):
+        plain.teacher_weights(data(4)[0])
+    with pytest.raises(ValueError, match="`batch_size` must be a positive"):
+        make_distiller().teacher_weights(data(4)[0], batch_size=0)
+    partition = keras_edu.ClassPartition.contiguous(4, "1:1")
+    teachers = [_specialist(g, 4, f"t{k}") for k, g in enumerate(partition.groups)]
+    graded = keras_edu.Distiller(
+        _graded(partition), teachers, loss=keras_edu.losses.AMTML()
+    )
+    with pytest.raises(ValueError, match="plain student only"):
+        graded.teacher_weights(data(4)[0])

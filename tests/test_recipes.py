@@ -225,6 +225,12 @@ def test_distill_cli_end_to_end(fmnist, teachers, tmp_path, method):
         saved = json.load(f)
     assert saved == json.loads(json.dumps(result))
     check_results(saved, method, test_examples=60)
+    # The charts lie next to the student file, as PNGs.
+    expected = {"curriculum"} | ({"teacher_weights"} if method == "amtml" else set())
+    assert set(saved["charts"]) == expected
+    for path in saved["charts"].values():
+        with open(path, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.parametrize("method", distill.AMTML_METHODS)
