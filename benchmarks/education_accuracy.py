@@ -11,19 +11,35 @@ Trains, with the same student architecture, data and epoch budget:
                    (the reference code's order)
     ed_init_head   ed_stratified, with the new classifier's rows of classes
                    already seen copied from the old one at each boundary
+    aver           KD from two full teachers of different architectures
+                   (`--teacher` and `--teacher2`), their softened
+                   probabilities averaged (the Distiller's default loss)
+    amtml          the same two full teachers with `loss=AMTML(hints=...)`:
+                   instance-adaptive teacher weights, one hint per teacher
+                   (student stage2_out <- teacher 0 stage2_out, student
+                   stage3_out <- teacher 1 stage3_out; same resolutions) and
+                   the RKD angle term (AMTML's defaults otherwise)
+    ed_amtml       ed_stratified where each group is taught by its specialist
+                   and both full teachers, mixed by AMTML (per-group adaptive
+                   weights, a new weight layer per grade) with the same two
+                   hints on the graded student's stages 2 and 3
 
 for each seed, and prints mean +- std of the test top-1 at the last and at
 the best epoch, plus the per-group test top-1 at the end of each grade (so
 forgetting shows). Teachers (one full, three specialists; ResNet-20 by
-default) are trained once with seed 0 and cached, so every method and seed
-learns from the same teachers. Each run is also written as JSON under
+default; plus a second full teacher, WRN-16-1 by default, for aver, amtml
+and ed_amtml) are trained once with seed 0 and cached, so every method and
+seed learns from the same teachers. For the AMTML methods the mean learned
+weight of each teacher (the training log's `teacher_{k}_weight`) is kept per
+epoch in the JSON and printed under the table. Each run is also written as JSON under
 `--out_dir` (a finished run is not run again), so an interrupted benchmark
 resumes where it stopped.
 
 Usage:
 
     KERAS_BACKEND=tensorflow python benchmarks/education_accuracy.py \
-        --seeds 0,1,2 --epochs 6 --boundaries 2,4 --train_size 20000
+        --seeds 0,1,2 --epochs 6 --boundaries 2,4 --train_size 20000 \
+        --methods scratch,kd,aver,amtml,ed_stratified,ed_amtml
 
 The test split is always the full 10,000 images, evaluated in inference mode
 after every epoch.
@@ -43,8 +59,16 @@ import keras_edu
 
 GROUPS = "1:1:1"  # 10 classes -> [0, 3), [3, 6), [6, 10)
 METHODS = (
-    "scratch", "kd", "ed_stratified", "ed_interleaved", "ed_sequential", "ed_init_head"
+    "scratch", "kd", "ed_stratified", "ed_interleaved", "ed_sequential", "ed_init_head",
+    "aver", "amtml", "ed_amtml",
 )
+# Methods that also learn from the second full teacher.
+TWO_TEACHER_METHODS = ("aver", "amtml", "ed_amtml")
+# AMTML hints: (student stage, full teacher, teacher layer). Teacher 0 is the
+# `--teacher` full teacher, teacher 1 the `--teacher2` one; every zoo
+# architecture names its stage ends `stage{k}_out`, at the same resolutions
+# (28, 14, 7 on 28x28 inputs), so no pooling is needed.
+HINTS = (("stage2_out", 0, "stage2_out"), ("stage3_out", 1, "stage3_out"))
 
 
 def parse_args():
@@ -58,6 +82,8 @@ def parse_args():
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--student", default="resnet8")
     parser.add_argument("--teacher", default="resnet20")
+    parser.add_argument("--teacher2", default="wrn_16_1",
+                        help="The second full teacher of aver, amtml, ed_amtml.")
     parser.add_argument("--teacher_epochs", type=int, default=6)
     parser.add_argument("--out_dir", default="runs/education_accuracy")
     args = parser.parse_args()
@@ -92,11 +118,13 @@ def train_teachers(args, data):
     partition = keras_edu.ClassPartition.contiguous(10, GROUPS)
     cache = os.path.join(args.out_dir, "teachers")
     os.makedirs(cache, exist_ok=True)
-    jobs = [("full", list(range(10)))] + [
-        (f"group{k + 1}", group) for k, group in enumerate(partition.groups)
+    jobs = [("full", list(range(10)), args.teacher)] + [
+        (f"group{k + 1}", group, args.teacher) for k, group in enumerate(partition.groups)
     ]
+    if set(args.methods) & set(TWO_TEACHER_METHODS):
+        jobs.append(("full2", list(range(10)), args.teacher2))
     teachers, scores = {}, {}
-    for name, classes in jobs:
+    for name, classes, arch in jobs:
         path = os.path.join(cache, f"{name}.keras")
         local = np.full(10, -1)
         local[classes] = np.arange(len(classes))
@@ -106,7 +134,7 @@ def train_teachers(args, data):
         else:
             keras.utils.set_random_seed(0)
             model = keras_edu.models.get(
-                args.teacher, num_classes=len(classes), input_shape=(28, 28, 1)
+                arch, num_classes=len(classes), input_shape=(28, 28, 1)
             )
             steps = -(-int(keep.sum()) // args.batch_size)
             model.compile(
@@ -173,29 +201,73 @@ def run(method, seed, args, data, teachers):
     elif method == "kd":
         model = keras_edu.Distiller(student, [teachers["full"]])
         model.compile(sgd(args.lr, steps, args.epochs))
-    else:
-        graded = keras_edu.GradedStudent.from_model(
-            student, keras_edu.models.stage_ends(args.student), partition
-        )
+    elif method == "aver":
+        model = keras_edu.Distiller(student, [teachers["full"], teachers["full2"]])
+        model.compile(sgd(args.lr, steps, args.epochs))
+    elif method == "amtml":
         model = keras_edu.Distiller(
-            graded, [teachers[f"group{k + 1}"] for k in range(partition.num_groups)]
+            student, [teachers["full"], teachers["full2"]],
+            loss=keras_edu.losses.AMTML(hints=HINTS),
         )
+        model.compile(sgd(args.lr, steps, args.epochs))
+    else:
+        stage_ends = keras_edu.models.stage_ends(args.student)
+        graded = keras_edu.GradedStudent.from_model(student, stage_ends, partition)
+        specialists = [teachers[f"group{k + 1}"] for k in range(partition.num_groups)]
+        if method == "ed_amtml":
+            # Teachers 0..K-1 are the specialists, K and K+1 the two full
+            # teachers: group j is taught by specialist j and both.
+            full = partition.num_groups
+            stage_names = [stage.name for stage in graded.stages]
+            hints = [
+                (stage_names[stage_ends.index(student_layer)], full + k, teacher_layer)
+                for student_layer, k, teacher_layer in HINTS
+            ]
+            model = keras_edu.Distiller(
+                graded, specialists + [teachers["full"], teachers["full2"]],
+                loss=keras_edu.losses.AMTML(hints=hints),
+            )
+        else:
+            model = keras_edu.Distiller(graded, specialists)
         model.compile(sgd(args.lr, steps, args.epochs))
         init_head = method == "ed_init_head"
         callbacks.append(
             keras_edu.GradeCallback(
                 boundaries=args.boundaries,
-                order="stratified" if init_head else method.split("_")[1],
+                order=(
+                    "stratified" if method in ("ed_init_head", "ed_amtml")
+                    else method.split("_")[1]
+                ),
                 init_new_head_from_old=init_head,
                 seed=seed,
             )
         )
     probe = PerGroupTop1(x_test, y_test, partition)
-    model.fit(x, y, epochs=args.epochs, batch_size=args.batch_size, verbose=2,
-              callbacks=callbacks + [probe])
+    history = model.fit(x, y, epochs=args.epochs, batch_size=args.batch_size, verbose=2,
+                        callbacks=callbacks + [probe])
     at_boundaries = {
         str(epoch): probe.per_group[epoch - 1] for epoch in args.boundaries
     }
+    extra = {}
+    if method in TWO_TEACHER_METHODS:
+        names = [f"full ({args.teacher})", f"full2 ({args.teacher2})"]
+        if method == "ed_amtml":
+            names = [f"group{k + 1}" for k in range(partition.num_groups)] + names
+        extra["teachers"] = names
+    if "amtml" in method:
+        # Mean a_k(x) over the rows teacher k teaches, per epoch, and the
+        # loss parts, from the training log.
+        extra["hints"] = [list(h) for h in model.distillation_term.hints]
+        extra["teacher_weights_by_epoch"] = [
+            [float(history.history[f"teacher_{k}_weight"][e])
+             for k in range(len(model.teachers))]
+            for e in range(args.epochs)
+        ]
+        extra["amtml_losses_by_epoch"] = {
+            key: [float(v) for v in history.history[key]]
+            for key in ("kd_loss", "hint_loss", "angle_loss", "l2_loss")
+            if key in history.history
+        }
     return {
         "method": method,
         "seed": seed,
@@ -211,6 +283,7 @@ def run(method, seed, args, data, teachers):
         "per_group_top1_by_epoch": probe.per_group,
         "per_group_top1_before_boundary": at_boundaries,
         "epoch_seconds": probe.seconds,
+        **extra,
     }
 
 
@@ -221,7 +294,9 @@ def mean_std(values):
 
 
 def print_table(results, args, teacher_scores):
-    print(f"\nFashion-MNIST, {args.student} student, {args.teacher} teachers, "
+    second = (f" (+ {args.teacher2} second full teacher)"
+              if set(args.methods) & set(TWO_TEACHER_METHODS) else "")
+    print(f"\nFashion-MNIST, {args.student} student, {args.teacher} teachers{second}, "
           f"{results[0]['train_size'] if results else '?'} training images, "
           f"{args.epochs} epochs (ED boundaries {args.boundaries}), "
           f"backend {keras.backend.backend()}, keras {keras.__version__}, "
@@ -244,6 +319,17 @@ def print_table(results, args, teacher_scores):
         seconds = statistics.mean(statistics.mean(r["epoch_seconds"]) for r in rows)
         print(f"| {method} | {len(rows)} | {mean_std([r['top1_last'] for r in rows])} "
               f"| {mean_std([r['top1_best'] for r in rows])} | {cell} | {seconds:.1f} |")
+    for method in args.methods:
+        rows = [r for r in results if r["method"] == method and "teacher_weights_by_epoch" in r]
+        if not rows:
+            continue
+        # Mean over seeds of each teacher's mean weight on the rows it
+        # teaches, in the last epoch (uniform would be 1/2 for two teachers,
+        # 1/3 for a specialist and two full teachers).
+        last = [statistics.mean(r["teacher_weights_by_epoch"][-1][k] for r in rows)
+                for k in range(len(rows[0]["teachers"]))]
+        print(f"{method}: mean AMTML teacher weights, last epoch: "
+              + ", ".join(f"{n} {w:.3f}" for n, w in zip(rows[0]["teachers"], last)))
 
 
 def main():
