@@ -12,7 +12,7 @@ student with `export.py`'s functions (checked against Keras).
 
 Usage:
 
-    python recipes/fashion_mnist.py           # 16 minutes on 2 busy CPU cores
+    python recipes/fashion_mnist.py           # under 15 minutes on one CPU core
     python recipes/fashion_mnist.py --quick   # about 1.5 minutes
     KERAS_BACKEND=jax python recipes/fashion_mnist.py --seed=1
 
