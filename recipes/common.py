@@ -50,6 +50,7 @@ from training import EpochTimer
 from training import TestEvaluator
 from training import TrainSettings
 from training import define_training_flags
+from training import enable_compilation_cache
 from training import fit_plain
 from training import learning_rate_at
 from training import make_optimizer
@@ -74,6 +75,7 @@ __all__ = [
     "data_from_flags",
     "define_data_flags",
     "define_training_flags",
+    "enable_compilation_cache",
     "entry_points",
     "fit_inputs",
     "fit_plain",

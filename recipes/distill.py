@@ -601,6 +601,7 @@ def body(flag_values):
     check_method(method)
     check_terms(flag_values.alpha, flag_values.temperature)
     settings = training.settings_from_flags(flag_values)
+    training.enable_compilation_cache(flag_values.compilation_cache)
     boundaries = cli.int_list(
         flag_values.boundaries, "boundaries", minimum=1
     )

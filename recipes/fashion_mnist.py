@@ -62,6 +62,13 @@ def define_flags(flag_values):
         **fv,
     )
     flags.DEFINE_integer("batch_size", 128, "Batch size.", **fv)
+    flags.DEFINE_string(
+        "compilation_cache",
+        "",
+        "JAX only: a directory where XLA keeps compiled steps, so a later "
+        "run (another seed, a rerun) skips most compilation. Empty: none.",
+        **fv,
+    )
     flags.DEFINE_float("lr", 0.05, "Learning rate of SGD (momentum 0.9).", **fv)
     flags.DEFINE_list(
         "lr_decay_epochs",
@@ -194,6 +201,7 @@ def body(flag_values):
         export.check_format(fmt)
     architectures.check_arch(flag_values.teacher, "teacher")
     architectures.check_arch(flag_values.student, "student")
+    training.enable_compilation_cache(flag_values.compilation_cache)
     paths = output_paths(flag_values.out_dir, seed, formats)
     for path in _all_paths(paths):
         cli.check_output_path(path, flag_values.overwrite, "out_dir")

@@ -199,6 +199,7 @@ def print_summary(entries, file=None):
 def body(flag_values):
     cli.resolve_flags(flag_values, configs, CONFIG_KEYS)
     settings = training.settings_from_flags(flag_values)
+    training.enable_compilation_cache(flag_values.compilation_cache)
     architectures.check_arch(flag_values.arch, "arch")
     results = flag_values.results or os.path.join(
         flag_values.out_dir, "teachers.json"

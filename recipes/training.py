@@ -7,9 +7,11 @@ each epoch and scores the model on the real test split after it.
 
 import dataclasses
 import math
+import os
 import time
 
 from absl import flags
+from absl import logging
 import keras
 import numpy as np
 
@@ -89,6 +91,15 @@ def define_training_flags(flag_values, config_names):
         "Keras verbosity: 1 progress bar, 2 one line per epoch, 0 silent.",
         flag_values=flag_values,
     )
+    flags.DEFINE_string(
+        "compilation_cache",
+        "",
+        "JAX only: a directory where XLA keeps compiled train steps, so a "
+        "later run of the same models (another seed, a resumed run) skips "
+        "most of the compilation at its start and at each grade switch "
+        "(docs/education.md, 'Grade-switch cost'). Empty: no cache.",
+        flag_values=flag_values,
+    )
 
 
 # ------------------------------------------------------------- settings
@@ -151,6 +162,31 @@ def settings_from_flags(flag_values):
         seed=flag_values.seed,
         verbose=flag_values.verbose,
     )
+
+
+def enable_compilation_cache(path):
+    """Keeps JAX's compiled executables in `path` (JAX only; "" does nothing).
+
+    On the CPU, XLA compiles the train step of a small CNN in 5-10 s, and
+    a graded student pays that again at every grade switch. With the cache
+    a later run with the same shapes loads the executables instead.
+    Returns whether the cache was enabled.
+    """
+    if not path:
+        return False
+    if keras.backend.backend() != "jax":
+        logging.warning(
+            "--compilation_cache=%s is ignored: it is for the JAX backend "
+            "(this run uses %s).",
+            path,
+            keras.backend.backend(),
+        )
+        return False
+    import jax
+
+    # Must run before the first compilation: JAX reads the directory once.
+    jax.config.update("jax_compilation_cache_dir", os.path.abspath(path))
+    return True
 
 
 def make_optimizer(settings):

@@ -512,3 +512,36 @@ def test_large_image_configs():
     )
     with pytest.raises(common.RecipeError, match="pass --dataset=FOLDER"):
         _parsed("--config=caltech256_resnet32x4_resnet8x4", "--method=kd")
+
+
+def test_compilation_cache_keeps_jax_executables(tmp_path, caplog):
+    cache = tmp_path / "xla"
+    assert common.enable_compilation_cache("") is False
+    if keras.backend.backend() != "jax":
+        with caplog.at_level("WARNING"):
+            assert common.enable_compilation_cache(str(cache)) is False
+        assert "for the JAX backend" in caplog.text
+        assert not cache.exists()
+        return
+    import jax
+
+    previous = (
+        jax.config.jax_compilation_cache_dir,
+        jax.config.jax_persistent_cache_min_compile_time_secs,
+    )
+    try:
+        assert common.enable_compilation_cache(str(cache)) is True
+        assert jax.config.jax_compilation_cache_dir == str(cache)
+        # Cache even this tiny executable (the default keeps those > 1 s).
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+        jax.jit(lambda a: a * 3.0 + 1.0)(np.arange(7.0)).block_until_ready()
+        assert any(cache.iterdir()), "no executable was written to the cache"
+    finally:
+        jax.config.update("jax_compilation_cache_dir", previous[0])
+        jax.config.update(
+            "jax_persistent_cache_min_compile_time_secs", previous[1]
+        )
+        # Later tests must not write into this test's temporary folder.
+        from jax._src import compilation_cache
+
+        compilation_cache.reset_cache()
