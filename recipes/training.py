@@ -171,6 +171,14 @@ def enable_compilation_cache(path):
     a graded student pays that again at every grade switch. With the cache
     a later run with the same shapes loads the executables instead.
     Returns whether the cache was enabled.
+
+    Example (with `recipes/` on `sys.path`, before any model is built):
+
+    ```python
+    import training
+
+    training.enable_compilation_cache("/tmp/keras_edu_xla")
+    ```
     """
     if not path:
         return False
@@ -184,7 +192,8 @@ def enable_compilation_cache(path):
         return False
     import jax
 
-    # Must run before the first compilation: JAX reads the directory once.
+    # JAX fixes the cache folder at the first compile that uses one, so
+    # this must run before any model is compiled with another folder set.
     jax.config.update("jax_compilation_cache_dir", os.path.abspath(path))
     return True
 
