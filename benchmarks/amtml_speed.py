@@ -262,12 +262,9 @@ def format_table(results, args):
 
 
 def main(argv=None):
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parse_args(argv)
-    if args.worker_out:
-        run_worker(args)
-        return 0
-    return common.drive(args, argv, format_table, script=__file__)
+    return common.run_script(
+        argv, parse_args, run_worker, format_table, script=__file__
+    )
 
 
 if __name__ == "__main__":

@@ -615,13 +615,22 @@ def drive(args, argv, format_results, script=None):
     return 1 if any("error" in r for r in results) else 0
 
 
-def main(argv=None):
+def run_script(argv, parse_args, run_worker, format_results, script=None):
+    """A speed script's `main`: one backend's worker, or the driver of all.
+
+    The driver (`drive`) starts `script` again once per backend with
+    `--worker-out`; that child runs `run_worker(args)` and exits 0.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     if args.worker_out:
         run_worker(args)
         return 0
-    return drive(args, argv, format_table)
+    return drive(args, argv, format_results, script=script)
+
+
+def main(argv=None):
+    return run_script(argv, parse_args, run_worker, format_table)
 
 
 def _load_average():

@@ -449,12 +449,9 @@ def _last_grade_lines(result, args):
 
 
 def main(argv=None):
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parse_args(argv)
-    if args.worker_out:
-        run_worker(args)
-        return 0
-    return speed.drive(args, argv, format_tables, script=__file__)
+    return speed.run_script(
+        argv, parse_args, run_worker, format_tables, script=__file__
+    )
 
 
 if __name__ == "__main__":

@@ -86,8 +86,34 @@ def normalized_distances(embeddings):
     return distances / ops.maximum(mean, _EPSILON)
 
 
+class _RelationalLoss(keras.distillation.DistillationLoss):
+    """Smooth-L1 between a relation of the student's and the teacher's batch.
+
+    Subclasses name the relation (`triplet_angles`, `normalized_distances`);
+    the teacher side gets no gradient and all math is float32.
+    """
+
+    def relation(self, embeddings):
+        raise NotImplementedError
+
+    def compute_loss(self, teacher_outputs, student_outputs, **kwargs):
+        """The batch's loss, a float32 scalar."""
+        _check_batch(type(self).__name__, teacher_outputs, student_outputs)
+        teacher = self.relation(
+            ops.stop_gradient(ops.cast(teacher_outputs, "float32"))
+        )
+        return _smooth_l1(self.relation(student_outputs), teacher)
+
+    def get_config(self):
+        return {}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
 @keras.saving.register_keras_serializable(package="keras_edu")
-class RKDAngle(keras.distillation.DistillationLoss):
+class RKDAngle(_RelationalLoss):
     """RKD angle loss: smooth-L1 between triplet angle cosines.
 
     For a batch of student embeddings and the matching teacher embeddings
@@ -117,25 +143,12 @@ class RKDAngle(keras.distillation.DistillationLoss):
     ```
     """
 
-    def compute_loss(self, teacher_outputs, student_outputs, **kwargs):
-        """The batch's angle loss, a float32 scalar."""
-        _check_batch("RKDAngle", teacher_outputs, student_outputs)
-        teacher = triplet_angles(
-            ops.stop_gradient(ops.cast(teacher_outputs, "float32"))
-        )
-        student = triplet_angles(student_outputs)
-        return _smooth_l1(student, teacher)
-
-    def get_config(self):
-        return {}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
+    def relation(self, embeddings):
+        return triplet_angles(embeddings)
 
 
 @keras.saving.register_keras_serializable(package="keras_edu")
-class RKDDistance(keras.distillation.DistillationLoss):
+class RKDDistance(_RelationalLoss):
     """RKD distance loss: smooth-L1 between mean-normalised pairwise distances.
 
     Each side's pairwise Euclidean distances are divided by their mean over
@@ -156,18 +169,5 @@ class RKDDistance(keras.distillation.DistillationLoss):
     ```
     """
 
-    def compute_loss(self, teacher_outputs, student_outputs, **kwargs):
-        """The batch's distance loss, a float32 scalar."""
-        _check_batch("RKDDistance", teacher_outputs, student_outputs)
-        teacher = normalized_distances(
-            ops.stop_gradient(ops.cast(teacher_outputs, "float32"))
-        )
-        student = normalized_distances(student_outputs)
-        return _smooth_l1(student, teacher)
-
-    def get_config(self):
-        return {}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
+    def relation(self, embeddings):
+        return normalized_distances(embeddings)

@@ -147,3 +147,31 @@ def classifier(x, num_classes, weight_decay=0.0, data_format=None):
         kernel_regularizer=kernel_regularizer(weight_decay),
         name="logits",
     )(x)
+
+
+# The part of the named builders' docstrings that every family shares
+# (`resnet8`, `wrn_16_2`, ...): their arguments are the same. Filled in with
+# `str.format(arch=...)` after the family's own summary.
+BUILDER_ARGS_DOCSTRING = """    Args:
+        num_classes: int. Size of the logits. Defaults to 100 (CIFAR-100).
+        input_shape: Shape of one image. Defaults to `(32, 32, 3)`; use
+            `(28, 28, 1)` for Fashion-MNIST.
+        weight_decay: float. L2 on conv/Dense kernels scaled to match
+            PyTorch SGD's `weight_decay`: `L2(weight_decay / 2)`.
+        data_format: `None`, `"channels_last"` or `"channels_first"`.
+        name: str. The model's name. Defaults to `"{arch}"`.
+
+    Returns:
+        A flat functional `keras.Model` that outputs logits (no softmax).
+
+    Example:
+
+    ```python
+    import numpy as np
+    import keras_edu.models
+
+    model = keras_edu.models.{arch}(num_classes=10, input_shape=(28, 28, 1))
+    model.predict(np.zeros((2, 28, 28, 1), "float32"), verbose=0).shape
+    # (2, 10)
+    ```
+"""

@@ -207,29 +207,7 @@ BUILDER_DOCSTRING = """{label} for CIFAR, RepDistiller's `{arch}`.
     `keras_edu.models.wide_resnet.cifar_wide_resnet` for the layer layout
     and for dropout.
 
-    Args:
-        num_classes: int. Size of the logits. Defaults to 100 (CIFAR-100).
-        input_shape: Shape of one image. Defaults to `(32, 32, 3)`; use
-            `(28, 28, 1)` for Fashion-MNIST.
-        weight_decay: float. L2 on conv/Dense kernels scaled to match
-            PyTorch SGD's `weight_decay`: `L2(weight_decay / 2)`.
-        data_format: `None`, `"channels_last"` or `"channels_first"`.
-        name: str. The model's name. Defaults to `"{arch}"`.
-
-    Returns:
-        A flat functional `keras.Model` that outputs logits (no softmax).
-
-    Example:
-
-    ```python
-    import numpy as np
-    import keras_edu.models
-
-    model = keras_edu.models.{arch}(num_classes=10, input_shape=(28, 28, 1))
-    model.predict(np.zeros((2, 28, 28, 1), "float32"), verbose=0).shape
-    # (2, 10)
-    ```
-"""
+""" + common.BUILDER_ARGS_DOCSTRING
 
 
 def wrn_16_1(
