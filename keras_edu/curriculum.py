@@ -113,14 +113,25 @@ class CurriculumDataset(keras.utils.PyDataset):
             return math.ceil(sum(self._source.counts[: self.grade]) / self.batch_size)
         return sum(self._source.num_batches[: self.grade])
 
-    def block_sizes(self):
+    def block_sizes(self, grade=None):
         """Rows of each seen group in a batch (`"stratified"`), else None.
 
         The blocks are contiguous and in group order: group 1's rows first.
+        `grade` defaults to the current grade.
         """
         if self.order != "stratified":
             return None
-        return _proportional_split(self.batch_size, self._source.counts[: self.grade])
+        grade = self.grade if grade is None else grade
+        return _proportional_split(self.batch_size, self._source.counts[:grade])
+
+    def batch_spec(self):
+        """`((shape, dtype), (shape, dtype))` of a batch's inputs and labels.
+
+        Every batch of every grade is full, so one spec holds for all of
+        them. Read without drawing a batch (that would move the streams).
+        """
+        shape, dtype = self._source.input_spec()
+        return ((self.batch_size,) + shape, dtype), ((self.batch_size,), np.dtype("int32"))
 
     def __len__(self):
         return self.num_batches
@@ -197,6 +208,10 @@ class _ArraySource:
         self._order = [i.copy() for i in self.indices]
         self._shuffle = True
 
+    def input_spec(self):
+        """Shape (without the batch axis) and dtype of one input."""
+        return tuple(self.x.shape[1:]), np.dtype(self.x.dtype)
+
     def start_epoch(self, shuffle):
         self._shuffle = shuffle
         self._order = [
@@ -242,6 +257,12 @@ class _TFDataSource:
             self._datasets.append(group)
         self.batch_size = batch_size
         self._iterators = {}
+        spec = dataset.element_spec[0]
+        self._input_spec = (tuple(spec.shape), np.dtype(spec.dtype.as_numpy_dtype))
+
+    def input_spec(self):
+        """Shape (without the batch axis) and dtype of one input."""
+        return self._input_spec
 
     def start_epoch(self, shuffle):
         # Iterators repeat forever and reshuffle at each pass; an epoch

@@ -440,6 +440,92 @@ def test_stratified_curriculum_from_tf_data():
     assert sorted(served) == sorted(y.tolist())  # one pass over each group
 
 
+@pytest.mark.parametrize("source", ["arrays", "tf.data"])
+@pytest.mark.parametrize("order", ["stratified", "interleaved"])
+def test_batch_spec_and_block_sizes_describe_every_grade(source, order):
+    # What a step compiled ahead of a switch is compiled for: read without
+    # drawing a batch, and true of the batches each grade then serves.
+    partition = keras_edu.ClassPartition.contiguous(6, "1:1:1")
+    x, y = _data(per_class=6)
+    x = x.astype("float16")  # any dtype: the spec is the data's own
+    if source == "tf.data":
+        tf = pytest.importorskip("tensorflow")
+        x, y = tf.data.Dataset.from_tensor_slices((x, y)), None
+    data = keras_edu.CurriculumDataset(
+        x, y, partition=partition, batch_size=6, order=order, seed=0
+    )
+    spec = data.batch_spec()
+    assert spec == (((6, 8, 8, 1), np.dtype("float16")), ((6,), np.dtype("int32")))
+    ahead = {grade: data.block_sizes(grade) for grade in (1, 2, 3)}
+    for grade in (1, 2, 3):
+        data.set_grade(grade)
+        assert data.block_sizes() == ahead[grade]
+        for batch_x, labels in (data[i] for i in range(len(data))):
+            assert (batch_x.shape, batch_x.dtype) == spec[0]
+            assert (labels.shape, labels.dtype) == spec[1]
+    if order == "stratified":
+        assert ahead == {1: (6,), 2: (3, 3), 3: (2, 2, 2)}
+    else:
+        assert set(ahead.values()) == {None}
+
+
+def _fit_three_grades(precompile):
+    keras.utils.set_random_seed(3)
+    distiller = _distiller()
+    distiller.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), metrics=["accuracy"])
+    x, y = _data(per_class=8)
+    schedule = keras_edu.GradeCallback(
+        boundaries=[1, 2], order="stratified", seed=0, precompile=precompile
+    )
+    history = distiller.fit(x, y, epochs=4, batch_size=6, verbose=0, callbacks=[schedule])
+    return distiller, schedule, history
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="compiling ahead is a JAX path")
+def test_precompiled_switches_train_exactly_as_keras_compiles():
+    # Stratified: the step also depends on the grade's block sizes.
+    ahead, ahead_schedule, ahead_history = _fit_three_grades(True)
+    plain, plain_schedule, plain_history = _fit_three_grades(False)
+    # The steps compiled in the background were the ones that trained...
+    assert ahead_schedule.precompiled_grades == [2, 3]
+    assert plain_schedule.precompiled_grades == []
+    assert ahead_history.history["grade"] == [1, 2, 3, 3]
+    # ... and they compute the very same thing, to the bit.
+    assert ahead_history.history["loss"] == plain_history.history["loss"]
+    for a, b in zip(ahead.student.get_weights(), plain.student.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(_values(ahead.optimizer.variables), _values(plain.optimizer.variables)):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="compiling ahead is a JAX path")
+def test_failed_precompile_warns_and_keras_compiles(monkeypatch, caplog):
+    import keras_edu._precompile as precompile
+
+    def broken(*args):
+        raise RuntimeError("no shadow today")
+
+    monkeypatch.setattr(precompile, "_shadow_at", broken)
+    with caplog.at_level("WARNING", logger="keras_edu"):
+        ahead, schedule, history = _fit_three_grades(True)
+    assert schedule.precompiled_grades == []
+    assert "grade 2's train step ahead failed (RuntimeError: no shadow today)" in caplog.text
+    assert history.history["grade"] == [1, 2, 3, 3]
+    assert np.isfinite(history.history["loss"]).all()
+
+
+def test_grade_callback_checks_precompile():
+    with pytest.raises(ValueError, match="must be 'auto', True or False"):
+        keras_edu.GradeCallback(boundaries=[1, 2], precompile="yes")
+    if BACKEND == "jax":
+        assert keras_edu.GradeCallback(boundaries=[1, 2], precompile=True).precompile is True
+    else:
+        with pytest.raises(ValueError, match="needs the JAX backend"):
+            keras_edu.GradeCallback(boundaries=[1, 2], precompile=True)
+    # "auto", the default, is what every other fit of this file uses.
+    assert keras_edu.GradeCallback(boundaries=[1, 2]).precompile == "auto"
+
+
 def test_carry_keeps_momentum_of_surviving_variables():
     distiller = _distiller()
     distiller.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
