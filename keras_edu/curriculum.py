@@ -129,6 +129,20 @@ class CurriculumDataset(keras.utils.PyDataset):
 
         Every batch of every grade is full, so one spec holds for all of
         them. Read without drawing a batch (that would move the streams).
+
+        Example:
+
+        ```python
+        import numpy as np
+        import keras_edu
+
+        partition = keras_edu.ClassPartition.contiguous(6, "1:1:1")
+        x = np.zeros((60, 8, 8, 1), "float32")
+        data = keras_edu.CurriculumDataset(
+            x, np.repeat(np.arange(6), 10), partition=partition, batch_size=4
+        )
+        data.batch_spec()  # (((4, 8, 8, 1), float32), ((4,), int32))
+        ```
         """
         shape, dtype = self._source.input_spec()
         return ((self.batch_size,) + shape, dtype), ((self.batch_size,), np.dtype("int32"))

@@ -104,6 +104,7 @@ class GradeCallback(keras.callbacks.Callback):
         self.seed = seed
         self.precompile = _check_precompile(precompile)
         self.precompiled_grades = []
+        self._compile_ahead = False
         self._ahead = None
 
     def grade_at(self, epoch):
@@ -134,13 +135,16 @@ class GradeCallback(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self.validate(self.model, self.params.get("epochs", float("inf")))
         self.precompiled_grades = []
+        # A step compiled ahead for a fit that raised is not reused.
+        self.on_train_end()
         self._compile_ahead = self.precompile is not False and _precompile.supported(
             self.model
         )
         if self.precompile is True and not self._compile_ahead:
             _precompile.logger.warning(
-                "GradeCallback(precompile=True) compiles nothing ahead for a "
-                "Distiller that runs eagerly or with jit_compile=False."
+                "GradeCallback(precompile=True) compiles nothing ahead for "
+                "this Distiller: it runs eagerly, with jit_compile=False, under "
+                "a distribution or NNX, or with an AMTML loss."
             )
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -163,7 +167,7 @@ class GradeCallback(keras.callbacks.Callback):
 
     def _compile_next_grade_ahead(self):
         context = getattr(self.model, "_fit_context", None)
-        if not getattr(self, "_compile_ahead", False) or context is None:
+        if not self._compile_ahead or context is None:
             return
         next_grade = self.model.grade + 1
         if self._ahead is not None or next_grade > len(self.boundaries) + 1:
@@ -207,7 +211,7 @@ def _check_boundaries(boundaries):
 
 
 def _check_precompile(precompile):
-    if precompile not in ("auto", True, False):
+    if not (isinstance(precompile, bool) or precompile == "auto"):
         raise ValueError(
             "`precompile` must be 'auto', True or False. Received: "
             f"precompile={precompile!r}."

@@ -515,8 +515,9 @@ def test_failed_precompile_warns_and_keras_compiles(monkeypatch, caplog):
 
 
 def test_grade_callback_checks_precompile():
-    with pytest.raises(ValueError, match="must be 'auto', True or False"):
-        keras_edu.GradeCallback(boundaries=[1, 2], precompile="yes")
+    for bad in ("yes", 0, 1):
+        with pytest.raises(ValueError, match="must be 'auto', True or False"):
+            keras_edu.GradeCallback(boundaries=[1, 2], precompile=bad)
     if BACKEND == "jax":
         assert keras_edu.GradeCallback(boundaries=[1, 2], precompile=True).precompile is True
     else:
