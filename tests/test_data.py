@@ -115,8 +115,10 @@ def test_load_fashion_mnist_nothing_found_says_how_to_get_it(
     tmp_path, monkeypatch
 ):
     _no_network(monkeypatch, [str(tmp_path / "a"), str(tmp_path / "b")])
+    # `source="full"`: the default falls back to the bundled subset instead
+    # (tests/test_bundled_data.py).
     with pytest.raises(FileNotFoundError) as info:
-        data.load_fashion_mnist()
+        data.load_fashion_mnist(source="full")
     message = str(info.value)
     assert "apt-get install dataset-fashion-mnist" in message
     assert "network" in message and "URL fetch failure" in message

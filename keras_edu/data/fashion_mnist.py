@@ -1,9 +1,13 @@
-"""Fashion-MNIST from local IDX files first, the network last."""
+"""Fashion-MNIST: local IDX files, then the network, then a bundled subset."""
 
 import gzip
+import logging
 import os
+import socket
 
 import numpy as np
+
+logger = logging.getLogger("keras_edu")
 
 FASHION_MNIST_CLASS_NAMES = (
     "T-shirt/top",
@@ -29,8 +33,17 @@ _FILES = (
 _IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions.
 _LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension.
 
+# The class-balanced subset shipped as package data, in the same four-file
+# layout (recipes/make_bundled_fashion_mnist.py draws it from the full set).
+BUNDLED_DIR = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "fashion_mnist_subset"
+)
+_SOURCES = ("auto", "full", "bundled")
+# Bound on each network operation of the Keras download (connect, read).
+_DOWNLOAD_TIMEOUT_S = 30
 
-def load_fashion_mnist(path=None):
+
+def load_fashion_mnist(path=None, source="auto", with_info=False):
     """Loads Fashion-MNIST, reading local files before any download.
 
     The four IDX files (`train-images-idx3-ubyte.gz`,
@@ -44,49 +57,107 @@ def load_fashion_mnist(path=None):
        Keras writes when the home directory is read-only.
     3. Debian's `dataset-fashion-mnist` package,
        `/usr/share/datasets/fashion-mnist/`.
-    4. `keras.datasets.fashion_mnist.load_data()`, which downloads.
+    4. `keras.datasets.fashion_mnist.load_data()`, which downloads (each
+       network operation waits at most 30 seconds, so an offline machine
+       does not hang).
+    5. The subset bundled with keras_edu (`source="auto"` only): 20,000
+       training and 5,000 test images, 2,000 and 500 per class, drawn
+       seeded from the full files (`BUNDLED_DIR/README.md` says how). One
+       warning on the `keras_edu` logger says so and how to get the full
+       set.
 
     Args:
         path: Optional directory holding the four IDX files.
+        source: `"auto"` (default): steps 1-5. `"full"`: steps 1-4 only,
+            raising when the full data set is nowhere (for work that needs
+            all 70,000 images). `"bundled"`: the bundled subset only, with
+            no search and no download (`path` must be `None`).
+        with_info: Also return a dict that says which data was loaded:
+            `source` (`"path"`, `"local"`, `"download"` or `"bundled"`),
+            `directory` (the folder read, `None` after a download),
+            `train_images`, `test_images` and a one-line `description`.
 
     Returns:
         `((x_train, y_train), (x_test, y_test))`: uint8 images of shape
         `(N, 28, 28)` and uint8 labels in `[0, 10)` of shape `(N,)`, the
-        same arrays as `keras.datasets.fashion_mnist.load_data()`. Class
-        names are in `FASHION_MNIST_CLASS_NAMES`.
+        same arrays as `keras.datasets.fashion_mnist.load_data()` (60,000
+        and 10,000 images; 20,000 and 5,000 for the bundled subset). Class
+        names are in `FASHION_MNIST_CLASS_NAMES`. With `with_info=True`,
+        `(arrays, info)`.
 
     Raises:
-        FileNotFoundError: No copy was found and the download failed; the
-            message says how to get the data.
-        ValueError: A file was found but is truncated or not an IDX file.
+        FileNotFoundError: `path` has no files; or, with `source="full"`
+            (or a broken install without the bundled files), no copy was
+            found and the download failed. The message says how to get
+            the data.
+        ValueError: A file was found but is truncated or not an IDX file;
+            or `source` is unknown, or given with a `path`.
 
     Example:
 
     ```python
+    import numpy as np
     from keras_edu.data import load_fashion_mnist, from_arrays
     from keras_edu.data import FASHION_MNIST_CLASS_NAMES
 
+    # The full set where it is on disk or downloadable, else the subset.
     (x_train, y_train), (x_test, y_test) = load_fashion_mnist()
-    x_train.shape  # (60000, 28, 28)
     train = from_arrays(x_train, y_train, class_names=FASHION_MNIST_CLASS_NAMES)
+
+    # The bundled subset, on any machine.
+    (x_train, y_train), _ = load_fashion_mnist(source="bundled")
+    x_train.shape  # (20000, 28, 28)
+    np.bincount(y_train)  # 2,000 per class
     ```
     """
+    if source not in _SOURCES:
+        raise ValueError(
+            f"`source` must be one of {', '.join(map(repr, _SOURCES))}. "
+            f"Received: source={source!r}."
+        )
+    if source == "bundled":
+        if path is not None:
+            raise ValueError(
+                "`source='bundled'` reads the subset shipped with keras_edu "
+                f"and takes no `path`. Received: path={path!r}. Pass "
+                "`path` alone to read your own copy."
+            )
+        arrays, info = _load_bundled(), _info("bundled", BUNDLED_DIR)
+        logger.info("Loaded %s.", _describe(info, arrays))
+        return _result(arrays, info, with_info)
     if path is not None:
         arrays = _load_from_dir(os.fspath(path))
         if arrays is None:
             raise FileNotFoundError(_not_found_message([os.fspath(path)]))
-        return arrays
+        return _result(arrays, _info("path", os.fspath(path)), with_info)
     searched = _search_dirs()
     for directory in searched:
         arrays = _load_from_dir(directory)
         if arrays is not None:
-            return arrays
+            return _result(arrays, _info("local", directory), with_info)
     try:
-        return _download()
+        arrays = _download_within(_DOWNLOAD_TIMEOUT_S)
+        return _result(arrays, _info("download", None), with_info)
     except Exception as error:  # Keras raises a bare Exception on URL errors.
-        raise FileNotFoundError(
-            _not_found_message(searched, download_error=error)
-        ) from error
+        message = _not_found_message(searched, download_error=error)
+        if source == "full":
+            raise FileNotFoundError(message) from error
+        download_error = error
+    try:
+        arrays = _load_bundled()
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"{message}\n{error}") from download_error
+    info = _info("bundled", BUNDLED_DIR)
+    logger.warning(
+        "Fashion-MNIST: the full data set was not found (searched %s; the "
+        "download failed: %s), so this is %s. To use the full set, "
+        "either: %s",
+        ", ".join(searched),
+        _first_line(download_error),
+        _describe(info, arrays),
+        _WAYS_TO_GET_IT,
+    )
+    return _result(arrays, info, with_info)
 
 
 def _search_dirs():
@@ -108,6 +179,82 @@ def _download():
     return keras.datasets.fashion_mnist.load_data()
 
 
+def _download_within(timeout):
+    """`_download()`, each socket operation bounded by `timeout` seconds.
+
+    Keras downloads with `urllib` and no timeout, so behind a firewall that
+    drops packets a connection would wait for the system's TCP timeout
+    (minutes) before the bundled subset is used. The bound is the default
+    socket timeout for the duration of the download only; a default the
+    caller has set is kept.
+    """
+    previous = socket.getdefaulttimeout()
+    if previous is None:
+        socket.setdefaulttimeout(timeout)
+    try:
+        return _download()
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def _load_bundled():
+    arrays = _load_from_dir(BUNDLED_DIR)
+    if arrays is None:
+        raise FileNotFoundError(
+            f"The Fashion-MNIST subset bundled with keras_edu is missing "
+            f"from {BUNDLED_DIR}: the installation is incomplete. Reinstall "
+            "keras-edu (`pip install --force-reinstall keras-edu`)."
+        )
+    return arrays
+
+
+def _info(source, directory):
+    return {"source": source, "directory": directory}
+
+
+def _result(arrays, info, with_info):
+    if not with_info:
+        return arrays
+    (x_train, _), (x_test, _) = arrays
+    info = dict(
+        info,
+        train_images=len(x_train),
+        test_images=len(x_test),
+        description=_describe(info, arrays),
+    )
+    return arrays, info
+
+
+def _describe(info, arrays):
+    """One line that says which data `arrays` are, e.g. for a table title."""
+    (x_train, _), (x_test, _) = arrays
+    counts = f"{len(x_train):,} training + {len(x_test):,} test images"
+    if info["source"] == "bundled":
+        return (
+            f"the Fashion-MNIST subset bundled with keras_edu ({counts}, "
+            "class-balanced; the full set has 60,000 + 10,000)"
+        )
+    if info["source"] == "download":
+        return f"Fashion-MNIST downloaded by Keras ({counts})"
+    return f"Fashion-MNIST from {info['directory']} ({counts})"
+
+
+def _first_line(error):
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"
+
+
+# How to get the full data set, for the error and the fallback's warning.
+_WAYS_TO_GET_IT = (
+    "install Debian's package "
+    "(`apt-get install dataset-fashion-mnist`, which puts the files in "
+    "/usr/share/datasets/fashion-mnist/); allow network access so "
+    "`keras.datasets.fashion_mnist.load_data()` can download it; or "
+    "download the four files yourself and pass their directory as "
+    "`load_fashion_mnist(path=...)`."
+)
+
+
 def _not_found_message(searched, download_error=None):
     names = ", ".join(f"{base}.gz" for _, base in _FILES)
     lines = [
@@ -119,14 +266,7 @@ def _not_found_message(searched, download_error=None):
             "The Keras download failed too: "
             f"{type(download_error).__name__}: {download_error}"
         )
-    lines.append(
-        "To get the data, either: install Debian's package "
-        "(`apt-get install dataset-fashion-mnist`, which puts the files in "
-        "/usr/share/datasets/fashion-mnist/); allow network access so "
-        "`keras.datasets.fashion_mnist.load_data()` can download it; or "
-        "download the four files yourself and pass their directory as "
-        "`load_fashion_mnist(path=...)`."
-    )
+    lines.append("To get the data, either: " + _WAYS_TO_GET_IT)
     return "\n".join(lines)
 
 
