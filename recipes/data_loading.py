@@ -4,8 +4,10 @@
 Datasets name or a folder of class sub-folders into a `Data`: the training
 split as a `keras_edu.data.ImageSource` (and as preprocessed arrays when it
 is small and not augmented), the real test split as preprocessed arrays,
-and how the images are normalised. `fit_inputs` turns it into the keyword
-arguments of `fit`; `parse_partition` reads `--partition`.
+and how the images are normalised. `--train_size`/`--test_size` subsets
+are seeded, class-balanced draws (`keras_edu.data.balanced_subset`).
+`fit_inputs` turns a `Data` into the keyword arguments of `fit`;
+`parse_partition` reads `--partition`.
 """
 
 import dataclasses
@@ -19,6 +21,7 @@ from cli import RecipeError
 import keras_edu
 from keras_edu import data as edu_data
 from keras_edu.data._tf import tf
+from keras_edu.data.directory import IMAGE_EXTENSIONS
 
 
 # ---------------------------------------------------------------- flags
@@ -48,9 +51,9 @@ def define_data_flags(flag_values):
     flags.DEFINE_string(
         "image_size",
         None,
-        "`H` or `H,W`: the size images are resized to (image folders: "
-        "default 64; TFDS sets whose images vary in size need it). Default: "
-        "the data's own size.",
+        "`H` or `H,W`: the size images are resized to. Default: the data's "
+        "own size (image folders: the files' size when they all share one, "
+        "else 64; TFDS sets whose images vary in size need it).",
         flag_values=flag_values,
     )
     flags.DEFINE_float(
@@ -72,13 +75,15 @@ def define_data_flags(flag_values):
     flags.DEFINE_integer(
         "train_size",
         0,
-        "Use only this many training images (a seeded random subset); 0: all.",
+        "Use only this many training images: a class-balanced draw seeded "
+        "by --seed (see `keras_edu.data.balanced_subset`); 0: all.",
         flag_values=flag_values,
     )
     flags.DEFINE_integer(
         "test_size",
         0,
-        "Use only this many test images (the first ones); 0: all.",
+        "Use only this many test images: a class-balanced draw seeded by "
+        "--seed, as --train_size; 0: all.",
         flag_values=flag_values,
     )
 
@@ -102,6 +107,10 @@ class Data:
         train_arrays: `(x float32, y)`, the preprocessed training split,
             when it is in memory and not augmented (then `fit` gets NumPy
             arrays, the fastest input on every backend); else `None`.
+        examples_per_class: `{"train": [...], "test": [...]}`, the number
+            of images of each class in each split (after `--train_size`/
+            `--test_size`); `"train"` is `None` when the labels are not
+            known without reading the data (a whole TFDS split).
     """
 
     name: str
@@ -114,6 +123,7 @@ class Data:
     normalize: object
     augment: object
     train_arrays: object = None
+    examples_per_class: dict = None
 
     def preprocessing(self):
         """How to turn raw pixels into the models' inputs (for the JSON)."""
@@ -162,19 +172,29 @@ def load_data(
     train_size=0,
     test_size=0,
     seed=0,
+    exact_sizes=(),
 ):
     """Loads `--dataset` into a `Data`: train source and test arrays.
+
+    Prints the preprocessing it chose (image size and why, normalisation,
+    augmentation) and the images per class of each split.
 
     Args:
         dataset: `"fashion_mnist"`, a TFDS name (`"tfds:NAME"` forces
             TFDS), or a folder of class sub-folders.
         data_dir: Fashion-MNIST IDX folder or TFDS data directory.
-        image_size: `None`, or `(H, W)` to resize to.
+        image_size: `None`, or `(H, W)` to resize to. `None` on a folder:
+            the files' size when they all share one, else 64x64.
         test_fraction: Held-out share per class for image folders without
             a `test/` split.
         augment: One of `AUGMENTATIONS`.
-        train_size, test_size: Subset sizes (0: all).
+        train_size, test_size: Subset sizes (0: all): seeded,
+            class-balanced draws, see `balanced_subset_of`.
         seed: Seed of the subsets and held-out split.
+        exact_sizes: The names (`"train_size"`, `"test_size"`) whose size
+            must not exceed its split, e.g. those typed on the command
+            line. The others are caps: presets such as `--quick` are sized
+            for the full data set, and a smaller one is used whole.
     """
     if not dataset:
         raise RecipeError(
@@ -182,17 +202,20 @@ def load_data(
             "`cifar100`, or a folder of class sub-folders."
         )
     arrays = None
+    size_reason = "--image_size" if image_size else "the data's own size"
     if dataset == "fashion_mnist":
         (train, test), arrays = _fashion_mnist(data_dir)
         normalize, fixed = "fashion_mnist", True
     elif _looks_like_path(dataset):
-        train, test = _image_folder(
-            dataset, image_size or (64, 64), test_fraction, seed
+        train, test, size_reason = _image_folder(
+            dataset, image_size, test_fraction, seed
         )
         normalize = "imagenet" if train.image_shape[-1] == 3 else True
         fixed = True
     else:
-        train, test = _tfds(dataset, data_dir)
+        train, test = _tfds(
+            dataset, data_dir, need_labels=(bool(train_size), bool(test_size))
+        )
         base = dataset.removeprefix("tfds:").split(":")[0].split("/")[0]
         normalize = {"cifar10": "cifar10", "cifar100": "cifar100"}.get(
             base, True
@@ -210,9 +233,14 @@ def load_data(
             "--image_size=H,W (e.g. `--image_size=64`) to resize them."
         )
     augment = _resolve_augment(augment, dataset, fixed)
-    train, arrays = _subset(train, arrays, train_size, seed, random=True)
-    test, _ = _subset(test, None, test_size, seed, random=False)
+    train, arrays = balanced_subset_of(
+        train, arrays, train_size, seed, "train_size", exact_sizes
+    )
+    test, _ = balanced_subset_of(
+        test, None, test_size, seed, "test_size", exact_sizes
+    )
     test_x, test_y = materialize(test, normalize, augment, image_shape)
+    train_labels = arrays[1] if arrays is not None else train.labels
     if arrays is not None and augment is None:
         source = edu_data.from_arrays(arrays[0], arrays[1])
         arrays = (
@@ -221,7 +249,7 @@ def load_data(
         )
     else:
         arrays = None
-    return Data(
+    data = Data(
         name=dataset,
         train=train,
         test_x=test_x,
@@ -232,6 +260,41 @@ def load_data(
         normalize=normalize,
         augment=augment,
         train_arrays=arrays,
+        examples_per_class={
+            "train": _class_counts(train_labels, train.num_classes),
+            "test": _class_counts(test_y, train.num_classes),
+        },
+    )
+    print(describe(data, size_reason))
+    return data
+
+
+def _class_counts(labels, num_classes):
+    if labels is None:
+        return None
+    return np.bincount(labels, minlength=num_classes).tolist()
+
+
+def describe(data, size_reason):
+    """One line on the preprocessing chosen and the images per class."""
+    normalize = data.normalize
+    if normalize is True:
+        normalize = "pixels / 255"
+    elif isinstance(normalize, str):
+        normalize = f"the {normalize} mean/std"
+    splits = []
+    for split, counts in data.examples_per_class.items():
+        if counts is None:
+            splits.append(f"{split} {data.train.size or 'all'}")
+            continue
+        low, high = min(counts), max(counts)
+        each = f"{low}" if low == high else f"{low}-{high}"
+        splits.append(f"{split} {sum(counts)} ({each} per class)")
+    height, width, channels = data.image_shape
+    return (
+        f"Data: {data.name}: {height}x{width}x{channels} images "
+        f"({size_reason}), normalised with {normalize}, augmentation "
+        f"{data.augment or 'none'}; {', '.join(splits)} images."
     )
 
 
@@ -246,6 +309,11 @@ def data_from_flags(flag_values):
         train_size=flag_values.train_size,
         test_size=flag_values.test_size,
         seed=flag_values.seed,
+        exact_sizes=[
+            name
+            for name in ("train_size", "test_size")
+            if flag_values[name].present
+        ],
     )
 
 
@@ -284,6 +352,7 @@ def _image_folder(path, image_size, test_fraction, seed):
             "one sub-folder of images per class, `fashion_mnist`, or a TFDS "
             "name."
         )
+    image_size, size_reason = folder_image_size(path, image_size)
     splits = [os.path.join(path, s) for s in ("train", "test")]
     try:
         if all(os.path.isdir(s) for s in splits):
@@ -294,7 +363,7 @@ def _image_folder(path, image_size, test_fraction, seed):
                 class_names=train.class_names,
                 shuffle=False,
             )
-            return train, test
+            return train, test, size_reason
         source = edu_data.from_directory(path, image_size, seed=seed)
     except ValueError as error:
         raise RecipeError(f"--dataset={path}: {error}") from None
@@ -302,7 +371,59 @@ def _image_folder(path, image_size, test_fraction, seed):
         raise RecipeError(
             f"--test_fraction must be in (0, 1). Received: {test_fraction}."
         )
-    return holdout_split(source, test_fraction, seed)
+    return (*holdout_split(source, test_fraction, seed), size_reason)
+
+
+# Image folders whose files differ in size are resized to this by default.
+DEFAULT_FOLDER_IMAGE_SIZE = (64, 64)
+
+
+def folder_image_size(path, image_size=None):
+    """The `(H, W)` to resize a folder's images to, and why (for the log).
+
+    `image_size` (`--image_size`) when given; else the size every image
+    under `path` shares (so CIFAR-sized folders stay 32x32); else, when
+    they differ, `DEFAULT_FOLDER_IMAGE_SIZE`.
+    """
+    if image_size is not None:
+        return tuple(image_size), "--image_size"
+    sizes = _file_image_sizes(path)
+    if len(sizes) == 1:
+        return sizes.pop(), "the files' size"
+    if not sizes:  # No readable image: `from_directory` says why.
+        return DEFAULT_FOLDER_IMAGE_SIZE, "the default"
+    by_area = sorted(sizes, key=lambda size: (size[0] * size[1], size))
+    (h0, w0), (h1, w1) = by_area[0], by_area[-1]
+    height, width = DEFAULT_FOLDER_IMAGE_SIZE
+    return DEFAULT_FOLDER_IMAGE_SIZE, (
+        f"resized to the default {height}x{width}: the files range from "
+        f"{h0}x{w0} to {h1}x{w1}; --image_size=H,W chooses"
+    )
+
+
+def _file_image_sizes(path):
+    """The distinct `(height, width)` of the images in `path`'s sub-folders.
+
+    Pillow reads only each file's header (tens of microseconds a file).
+    Unreadable files are skipped: `from_directory` names them.
+    """
+    from PIL import Image
+
+    sizes = set()
+    for root, dirs, names in os.walk(path, followlinks=True):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        if root == path:
+            continue  # Loose files beside the class folders are not used.
+        for name in names:
+            if not name.lower().endswith(IMAGE_EXTENSIONS):
+                continue
+            try:
+                with Image.open(os.path.join(root, name)) as image:
+                    width, height = image.size
+            except Exception:  # Pillow raises OSError, SyntaxError, ...
+                continue
+            sizes.add((height, width))
+    return sizes
 
 
 def holdout_split(source, test_fraction, seed):
@@ -320,36 +441,51 @@ def holdout_split(source, test_fraction, seed):
         held = min(max(round(test_fraction * count), int(count > 1)), count - 1)
         if held > 0:
             is_test[rng.choice(members, held, replace=False)] = True
-    mask = tf.constant(is_test)
-
-    def part(keep_test):
-        dataset = (
-            source.dataset.enumerate()
-            .filter(lambda i, example: tf.equal(mask[i], keep_test))
-            .map(lambda i, example: example)
-        )
-        labels = source.labels[is_test == keep_test]
-        dataset = dataset.apply(
-            tf.data.experimental.assert_cardinality(len(labels))
-        )
-        return dataclasses.replace(
-            source, dataset=dataset, size=len(labels), labels=labels
-        )
-
-    return part(False), part(True)
+    return (
+        select_examples(source, ~is_test),
+        select_examples(source, is_test),
+    )
 
 
-def _tfds(name, data_dir):
-    """Train and test sources of a TFDS data set (`validation` if no `test`)."""
+def select_examples(source, keep):
+    """The examples of a source with known labels where `keep` is true.
+
+    The order is kept; so is the cardinality, for Keras' steps per epoch.
+    """
+    mask = tf.constant(keep)
+    dataset = (
+        source.dataset.enumerate()
+        .filter(lambda i, example: mask[i])
+        .map(lambda i, example: example)
+    )
+    labels = source.labels[keep]
+    dataset = dataset.apply(
+        tf.data.experimental.assert_cardinality(len(labels))
+    )
+    return dataclasses.replace(
+        source, dataset=dataset, size=len(labels), labels=labels
+    )
+
+
+def _tfds(name, data_dir, need_labels=(False, False)):
+    """Train and test sources of a TFDS data set (`validation` if no `test`).
+
+    `need_labels`: for each split, whether to read its labels (a pass over
+    the records without decoding the images), which a subset needs.
+    """
     tfds_name = name.removeprefix("tfds:")
     splits = []
     for split in ("train", "test", "validation"):
         if split == "validation" and len(splits) == 2:
             break
         try:
-            splits.append(
-                edu_data.from_tfds(tfds_name, split, data_dir=data_dir)
-            )
+            source = edu_data.from_tfds(tfds_name, split, data_dir=data_dir)
+            if need_labels[len(splits)]:
+                labels = _tfds_labels(tfds_name, split, data_dir)
+                source = dataclasses.replace(
+                    source, labels=labels, size=len(labels)
+                )
+            splits.append(source)
         except ValueError as error:
             if "Unknown TFDS dataset" in str(error):
                 raise RecipeError(
@@ -373,6 +509,23 @@ def _tfds(name, data_dir):
     return splits
 
 
+def _tfds_labels(name, split, data_dir):
+    """A TFDS split's labels in `from_tfds` order, images left undecoded."""
+    import tensorflow_datasets as tfds
+
+    image_key = tfds.builder(name, data_dir=data_dir).info.supervised_keys[0]
+    records = tfds.load(
+        name,
+        split=split,
+        data_dir=data_dir,
+        as_supervised=True,
+        decoders={image_key: tfds.decode.SkipDecoding()},
+    )
+    batches = records.map(lambda image, label: label).batch(8192)
+    labels = [np.asarray(b) for b in batches.as_numpy_iterator()]
+    return np.concatenate(labels).astype(np.int32)
+
+
 def _resolve_augment(augment, dataset, fixed):
     """The `make_pipeline(augment=...)` value of `--augment`.
 
@@ -392,27 +545,58 @@ def _resolve_augment(augment, dataset, fixed):
     return None if augment == "none" else augment
 
 
-def _subset(source, arrays, size, seed, random):
-    if not size or (source.size is not None and size >= source.size):
-        return source, arrays
+def balanced_subset_of(source, arrays, size, seed, flag, exact_sizes=()):
+    """`--train_size`/`--test_size`: a seeded, class-balanced subset.
+
+    `keras_edu.data.balanced_subset` draws the images (its docstring has
+    the rule: `size // num_classes` per class, one more for the first
+    `size % num_classes` classes, a short class's lack spread over the
+    others). The draw depends only on the labels, `size` and `seed`, so
+    every method of a comparison trains and is tested on the same images.
+
+    Args:
+        source: The split's `ImageSource`, with `labels` when `size > 0`.
+        arrays: `(x, y)` of the split in memory, or `None`.
+        size: Images to keep; 0: all.
+        seed: `--seed`.
+        flag: `"train_size"` or `"test_size"`, for the messages.
+        exact_sizes: As in `load_data`: whether a `size` larger than the
+            split is an error (`flag` listed) or means the whole split.
+
+    Returns:
+        `(source, arrays)` of the subset (`arrays` `None` when not given).
+    """
     if size < 0:
-        raise RecipeError(f"--train_size/--test_size must be >= 0: {size}.")
-    if arrays is not None and random:
-        keep = np.sort(
-            np.random.default_rng(seed).permutation(len(arrays[1]))[:size]
+        raise RecipeError(f"--{flag} must be >= 0 (0: all). Received: {size}.")
+    if not size:
+        return source, arrays
+    labels = arrays[1] if arrays is not None else source.labels
+    split = "training" if flag == "train_size" else "test"
+    if size < source.num_classes:
+        raise RecipeError(
+            f"--{flag}={size} is smaller than the {source.num_classes} "
+            "classes: a class-balanced subset needs at least one image of "
+            f"each. Pass --{flag}={source.num_classes} or more, or 0 for "
+            "all."
         )
+    if size >= len(labels):
+        if size > len(labels) and flag in exact_sizes:
+            raise RecipeError(
+                f"--{flag}={size} is more than the {len(labels)} images of "
+                f"the {split} split. Pass --{flag}={len(labels)} or less, "
+                "or 0 for all."
+            )
+        return source, arrays
+    keep = edu_data.balanced_subset(
+        labels, size, seed=seed, num_classes=source.num_classes
+    )
+    if arrays is not None:
         x, y = arrays[0][keep], arrays[1][keep]
         subset = edu_data.from_arrays(x, y, class_names=source.class_names)
         return subset, (x, y)
-    # Folders are shuffled once when listed and TFDS files are shuffled
-    # when prepared, so the first examples are a random subset.
-    labels = source.labels[:size] if source.labels is not None else None
-    return (
-        dataclasses.replace(
-            source, dataset=source.dataset.take(size), size=size, labels=labels
-        ),
-        None,
-    )
+    is_kept = np.zeros(len(labels), bool)
+    is_kept[keep] = True
+    return select_examples(source, is_kept), None
 
 
 # Decoded images the training pipeline may keep in memory (cache and

@@ -548,6 +548,7 @@ def results_dict(data, options, settings, evaluator, student, path):
         "preprocessing": data.preprocessing(),
         "train_examples": _train_size(data),
         "test_examples": len(data.test_y),
+        "examples_per_class": data.examples_per_class,
         "top1_last": evaluator.top1[-1],
         "top1_best": evaluator.top1[best],
         "best_epoch": best + 1,

@@ -3,8 +3,9 @@
 Sources return an `ImageSource`: an unbatched `tf.data.Dataset` of
 `(uint8 image (H, W, C), int32 label)` plus `num_classes`, `class_names`,
 `image_shape` and `size`. `split_by_groups` cuts a source into per-group
-subsets for specialist teachers; `make_pipeline` turns any of them into
-batches for `model.fit` on every Keras backend.
+subsets for specialist teachers, `balanced_subset` draws a class-balanced
+subset of its examples, and `make_pipeline` turns any of them into batches
+for `model.fit` on every Keras backend.
 """
 
 from keras_edu.data.directory import from_directory
@@ -16,11 +17,13 @@ from keras_edu.data.pipeline import NORMALIZATION_PRESETS
 from keras_edu.data.pipeline import make_pipeline
 from keras_edu.data.sources import from_arrays
 from keras_edu.data.sources import from_tfds
+from keras_edu.data.subsets import balanced_subset
 
 __all__ = [
     "FASHION_MNIST_CLASS_NAMES",
     "ImageSource",
     "NORMALIZATION_PRESETS",
+    "balanced_subset",
     "from_arrays",
     "from_directory",
     "from_tfds",
