@@ -16,9 +16,12 @@ Usage:
     python recipes/fashion_mnist.py --quick   # about 1.5 minutes
     KERAS_BACKEND=jax python recipes/fashion_mnist.py --seed=1
 
-Data: read from local files (the Keras cache, or Debian's package:
+Data: the full set from local files (the Keras cache, or Debian's package:
 `apt-get install dataset-fashion-mnist`), downloaded by Keras only when
-neither exists; `--data_dir` points at another copy of the four IDX files.
+neither exists; when that fails too (a fresh machine without network), the
+20,000 + 5,000-image subset bundled with keras_edu, so the job runs
+anywhere. `--data_dir` points at another copy of the four IDX files. The
+tables and the results JSON (`data`) say which data the run used.
 """
 
 import os
@@ -31,6 +34,7 @@ import cli
 import data_loading
 import distill
 import export
+from keras_edu import data as edu_data
 import train_teacher
 import training
 
@@ -107,7 +111,8 @@ def define_flags(flag_values):
         "data_dir",
         None,
         "Folder with the four Fashion-MNIST IDX files (default: the Keras "
-        "cache, then /usr/share/datasets/fashion-mnist).",
+        "cache, then /usr/share/datasets/fashion-mnist, the Keras download, "
+        "then the subset bundled with keras_edu).",
         **fv,
     )
     flags.DEFINE_string(
@@ -126,12 +131,7 @@ def define_flags(flag_values):
         "empty: none).",
         **fv,
     )
-    flags.DEFINE_integer(
-        "verbose",
-        1,
-        "Keras verbosity: 1 progress bar, 2 one line per epoch, 0 silent.",
-        **fv,
-    )
+    flags.DEFINE_integer("verbose", None, training.VERBOSE_HELP, **fv)
 
 
 QUICK = {
@@ -183,6 +183,28 @@ def _from_end(epochs, total):
     return tuple(sorted(e for e in absolute if 0 < e < total))
 
 
+def locate_data(data_dir):
+    """Which Fashion-MNIST the job reads: `load_fashion_mnist`'s info dict.
+
+    The folder it found is then passed on as the data folder, so the job
+    reads exactly the data the info describes. `None` when nothing was
+    found: `data_loading.load_data` then raises its error, which says how
+    to get the data.
+    """
+    try:
+        _, info = edu_data.load_fashion_mnist(data_dir, with_info=True)
+    except FileNotFoundError:
+        return None
+    return info
+
+
+def data_label(info):
+    """A short name of the data for the table titles."""
+    if info is None or info["source"] != "bundled":
+        return "Fashion-MNIST"
+    return "Fashion-MNIST, bundled subset"
+
+
 def _all_paths(paths):
     for value in paths.values():
         if isinstance(value, str):
@@ -219,9 +241,10 @@ def body(flag_values):
     boundaries = cli.int_list(
         flag_values.boundaries, "boundaries", minimum=1
     )
+    data_info = locate_data(flag_values.data_dir)
     data = data_loading.load_data(
         "fashion_mnist",
-        data_dir=flag_values.data_dir,
+        data_dir=(data_info or {}).get("directory") or flag_values.data_dir,
         train_size=flag_values.train_size,
         test_size=flag_values.test_size,
         seed=seed,
@@ -285,6 +308,7 @@ def body(flag_values):
     report = {
         "recipe": "fashion_mnist",
         "dataset": "fashion_mnist",
+        "data": data_info,
         **cli.run_facts(seed),
         "quick": bool(flag_values.quick),
         "teacher_epochs": flag_values.teacher_epochs,
@@ -293,8 +317,15 @@ def body(flag_values):
         "exports": exports,
     }
     cli.write_json(paths["results"], report)
+    if data_info is not None:
+        print(
+            f"\nData: {data_info['description']}; this run trained on "
+            f"{results[0]['train_examples']:,} and tested on "
+            f"{results[0]['test_examples']:,} of them."
+        )
     train_teacher.print_summary(entries)
-    distill.print_summary(results)
+    label = data_label(data_info)
+    distill.print_summary([dict(r, dataset=label) for r in results])
     print(f"\nResults: {paths['results']}")
     return report
 

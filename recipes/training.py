@@ -8,6 +8,7 @@ each epoch and scores the model on the real test split after it.
 import dataclasses
 import math
 import os
+import sys
 import time
 
 from absl import flags
@@ -21,6 +22,30 @@ from data_loading import fit_inputs
 
 
 # ---------------------------------------------------------------- flags
+
+VERBOSE_HELP = (
+    "Keras verbosity: 1 progress bar, 2 one line per epoch, 0 silent. "
+    "Default: 1 when the output is a terminal, 2 otherwise (a CI log, "
+    "`> log.txt`)."
+)
+
+
+def default_verbose(stream=None):
+    """Keras `verbose` for `fit`: 1 on a terminal, else 2 (one line per epoch).
+
+    Keras redraws its progress bar in place only on a terminal; written to
+    a file or a CI log, it prints a new line at every update instead,
+    thousands per run.
+
+    Args:
+        stream: The output to check (default `sys.stdout`).
+    """
+    stream = sys.stdout if stream is None else stream
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return 1 if isatty is not None and isatty() else 2
+    except ValueError:  # A closed stream.
+        return 2
 
 
 def define_training_flags(flag_values, config_names):
@@ -87,8 +112,8 @@ def define_training_flags(flag_values, config_names):
     )
     flags.DEFINE_integer(
         "verbose",
-        1,
-        "Keras verbosity: 1 progress bar, 2 one line per epoch, 0 silent.",
+        None,
+        VERBOSE_HELP,
         flag_values=flag_values,
     )
     flags.DEFINE_string(
@@ -117,9 +142,12 @@ class TrainSettings:
     lr_decay_epochs: tuple = ()
     lr_decay_factor: float = 0.1
     seed: int = 0
-    verbose: int = 1
+    # None: `default_verbose()`, the progress bar on a terminal only.
+    verbose: int = None
 
     def __post_init__(self):
+        if self.verbose is None:
+            self.verbose = default_verbose()
         for name in ("epochs", "batch_size"):
             value = getattr(self, name)
             if (

@@ -217,3 +217,39 @@ def test_the_wheel_contains_the_bundled_files(tmp_path):
     assert any(n.endswith(".dist-info/licenses/NOTICE") for n in sizes)
     installed = sum(s for n, s in sizes.items() if n.startswith("keras_edu/"))
     assert installed < 20 * 1024**2, f"the package is {installed:,} bytes"
+
+
+# ------------------------------------------------------------ the recipes
+
+
+def test_the_main_job_says_it_runs_on_the_bundled_subset(
+    fresh_machine, monkeypatch
+):
+    monkeypatch.syspath_prepend(RECIPES)
+    import fashion_mnist as main_job
+
+    info = main_job.locate_data(None)
+    assert info["source"] == "bundled"
+    assert info["directory"] == fashion_mnist_module.BUNDLED_DIR
+    assert main_job.data_label(info) == "Fashion-MNIST, bundled subset"
+    assert main_job.locate_data(str(fresh_machine[0])) is None  # A typo.
+
+
+class _Terminal:
+    def isatty(self):
+        return True
+
+
+def test_recipes_print_one_line_per_epoch_off_a_terminal(monkeypatch):
+    monkeypatch.syspath_prepend(RECIPES)
+    import io
+
+    import training
+
+    assert training.default_verbose(_Terminal()) == 1  # The progress bar.
+    assert training.default_verbose(io.StringIO()) == 2  # `> log.txt`, CI.
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    assert training.TrainSettings().verbose == 2
+    monkeypatch.setattr(sys, "stdout", _Terminal())
+    assert training.TrainSettings().verbose == 1
+    assert training.TrainSettings(verbose=0).verbose == 0  # Explicit wins.
