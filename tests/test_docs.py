@@ -16,7 +16,8 @@ Conventions for code in README.md and docs/**/*.md:
   lines, optionally cut with `...`) says the block must raise `SomeError`
   with that message.
 - Calls to `load_fashion_mnist` never download here: without the local
-  files the block is skipped.
+  files they read the subset bundled with keras_edu (a block is skipped
+  only if that raises `FileNotFoundError`, a broken install).
 
 Every ```python block of the docstrings of the public names of keras_edu,
 keras_edu.layers, .losses, .models, .data, .visualize and
@@ -315,6 +316,23 @@ def test_markdown_parser_and_markers():
     assert skip_reason("# requires: os.path\n") is None
     code = "f()\n# ValueError: Unknown name 'x'. Did you\n# mean 'y'? Known: a, ...\n"
     assert expected_error(code) == ("ValueError", "Unknown name 'x'. Did you mean 'y'? Known: a,")
+
+
+def test_the_readme_quick_start_runs():
+    # The quick start is the first thing a user copies: it must run as
+    # written (on the bundled data where the full set is missing), so no
+    # marker may skip it. `test_markdown_snippets_run[README.md]` runs it.
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    quick_start = text[text.index("## Quick start"):]
+    quick_start = quick_start[: quick_start.index("\n## ", 1)]
+    blocks = python_blocks(quick_start)
+    assert blocks, "README.md's quick start has no ```python block."
+    for line, code in blocks:
+        assert skip_reason(code) is None, (
+            f"README.md's quick start (block at line {line} of the section) "
+            f"does not run in the docs tests: {skip_reason(code)}."
+        )
 
 
 # Public functions whose Example lives elsewhere.

@@ -137,12 +137,13 @@ def load_fashion_mnist(path=None, source="auto", with_info=False):
             return _result(arrays, _info("local", directory), with_info)
     try:
         arrays = _download_within(_DOWNLOAD_TIMEOUT_S)
-        return _result(arrays, _info("download", None), with_info)
     except Exception as error:  # Keras raises a bare Exception on URL errors.
-        message = _not_found_message(searched, download_error=error)
-        if source == "full":
-            raise FileNotFoundError(message) from error
         download_error = error
+    else:
+        return _result(arrays, _info("download", None), with_info)
+    message = _not_found_message(searched, download_error=download_error)
+    if source == "full":
+        raise FileNotFoundError(message) from download_error
     try:
         arrays = _load_bundled()
     except FileNotFoundError as error:
