@@ -24,6 +24,22 @@ Trains, with the same student architecture, data and epoch budget:
                    weights, a new weight layer per grade) with the same two
                    hints on the graded student's stages 2 and 3
 
+An `ed*` method takes options after `+` signs, each a `GradeCallback` or
+schedule setting of the issue "Education distillation that pays":
+
+    +restart  keras_edu.schedules.PerGradeCosineDecay: the learning rate
+              restarts its cosine at every grade (instead of one cosine
+              over the whole run)
+    +zero     GradeCallback(zero_init_residual=True): the residual blocks
+              of a new stage start as their shortcut
+    +head     GradeCallback(init_new_head_from_old=True)
+    +carry    GradeCallback(optimizer_state="carry")
+
+e.g. `--methods ed_stratified+restart+zero`. `ed_faithful` is
+`GradeCallback.faithful(...)` (the reference code's switch, sequential
+batches). `--boundaries` are epochs or fractions of the run
+(`0.625,0.75`, the reference's shape).
+
 for each seed, and prints mean +- std of the test top-1 at the last and at
 the best epoch, plus the per-group test top-1 at the end of each grade (so
 forgetting shows). Teachers (one full, three specialists; ResNet-20 by
@@ -60,8 +76,9 @@ import keras_edu
 GROUPS = "1:1:1"  # 10 classes -> [0, 3), [3, 6), [6, 10)
 METHODS = (
     "scratch", "kd", "ed_stratified", "ed_interleaved", "ed_sequential", "ed_init_head",
-    "aver", "amtml", "ed_amtml",
+    "ed_faithful", "aver", "amtml", "ed_amtml",
 )
+ED_OPTIONS = ("restart", "zero", "head", "carry")
 # Methods that also learn from the second full teacher.
 TWO_TEACHER_METHODS = ("aver", "amtml", "ed_amtml")
 # AMTML hints: (student stage, full teacher, teacher layer). Teacher 0 is the
@@ -81,6 +98,9 @@ def parse_args():
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--student", default="resnet8")
+    parser.add_argument("--student_widths", default="",
+                        help="Four ints (stem, stage 1-3): a ResNet of --student's "
+                             "depth at these widths, e.g. 8,8,16,32.")
     parser.add_argument("--teacher", default="resnet20")
     parser.add_argument("--teacher2", default="wrn_16_1",
                         help="The second full teacher of aver, amtml, ed_amtml.")
@@ -88,12 +108,28 @@ def parse_args():
     parser.add_argument("--out_dir", default="runs/education_accuracy")
     args = parser.parse_args()
     args.methods = args.methods.split(",")
-    unknown = sorted(set(args.methods) - set(METHODS))
-    if unknown:
-        parser.error(f"unknown --methods {unknown}; choose from {METHODS}")
+    for method in args.methods:
+        base, *options = method.split("+")
+        if base not in METHODS or (options and not base.startswith("ed")):
+            parser.error(f"unknown --methods {method!r}; choose from {METHODS}")
+        if set(options) - set(ED_OPTIONS):
+            parser.error(f"--methods {method!r}: options are {ED_OPTIONS}")
     args.seeds = [int(s) for s in args.seeds.split(",")]
-    args.boundaries = [int(b) for b in args.boundaries.split(",")]
+    args.boundaries = [
+        float(b) if "." in b else int(b) for b in args.boundaries.split(",")
+    ]
+    args.student_widths = [int(w) for w in args.student_widths.split(",") if w]
     return args
+
+
+def build_student(args):
+    if not args.student_widths:
+        return keras_edu.models.get(args.student, num_classes=10, input_shape=(28, 28, 1))
+    depth = int(args.student.removeprefix("resnet"))
+    return keras_edu.models.cifar_resnet(
+        depth, args.student_widths, num_classes=10, input_shape=(28, 28, 1),
+        name=f"resnet{depth}_{'_'.join(map(str, args.student_widths))}",
+    )
 
 
 def load_data(train_size):
@@ -106,9 +142,13 @@ def load_data(train_size):
     return (scale(x), y.astype("int32")), (scale(x_test), y_test.astype("int32"))
 
 
-def sgd(lr, steps_per_epoch, epochs):
-    # Cosine decay over the whole run: one schedule across grade boundaries.
-    schedule = keras.optimizers.schedules.CosineDecay(lr, steps_per_epoch * epochs)
+def sgd(lr, steps_per_epoch, epochs, per_grade=False):
+    if per_grade:
+        # One cosine per grade; GradeCallback sizes it when fit starts.
+        schedule = keras_edu.schedules.PerGradeCosineDecay(lr)
+    else:
+        # Cosine decay over the whole run: one schedule across grade boundaries.
+        schedule = keras.optimizers.schedules.CosineDecay(lr, steps_per_epoch * epochs)
     return keras.optimizers.SGD(schedule, momentum=0.9)
 
 
@@ -185,11 +225,26 @@ class PerGroupTop1(keras.callbacks.Callback):
         self.grades.append(grade or 0)
 
 
+def grade_callback(method, args, seed):
+    base, *options = method.split("+")
+    if base == "ed_faithful":
+        return keras_edu.GradeCallback.faithful(args.boundaries, seed=seed)
+    order = "stratified" if base in ("ed_init_head", "ed_amtml") else base.split("_")[1]
+    return keras_edu.GradeCallback(
+        boundaries=args.boundaries,
+        order=order,
+        init_new_head_from_old=base == "ed_init_head" or "head" in options,
+        zero_init_residual="zero" in options,
+        optimizer_state="carry" if "carry" in options else "reset",
+        seed=seed,
+    )
+
+
 def run(method, seed, args, data, teachers):
     (x, y), (x_test, y_test) = data
     partition = keras_edu.ClassPartition.contiguous(10, GROUPS)
     keras.utils.set_random_seed(seed)
-    student = keras_edu.models.get(args.student, num_classes=10, input_shape=(28, 28, 1))
+    student = build_student(args)
     steps = -(-len(x) // args.batch_size)
     callbacks = []
     if method == "scratch":
@@ -229,24 +284,14 @@ def run(method, seed, args, data, teachers):
             )
         else:
             model = keras_edu.Distiller(graded, specialists)
-        model.compile(sgd(args.lr, steps, args.epochs))
-        init_head = method == "ed_init_head"
-        callbacks.append(
-            keras_edu.GradeCallback(
-                boundaries=args.boundaries,
-                order=(
-                    "stratified" if method in ("ed_init_head", "ed_amtml")
-                    else method.split("_")[1]
-                ),
-                init_new_head_from_old=init_head,
-                seed=seed,
-            )
-        )
+        model.compile(sgd(args.lr, steps, args.epochs, per_grade="+restart" in method))
+        callbacks.append(grade_callback(method, args, seed))
     probe = PerGroupTop1(x_test, y_test, partition)
     history = model.fit(x, y, epochs=args.epochs, batch_size=args.batch_size, verbose=2,
                         callbacks=callbacks + [probe])
+    epoch_boundaries = boundary_epochs(args)
     at_boundaries = {
-        str(epoch): probe.per_group[epoch - 1] for epoch in args.boundaries
+        str(epoch): probe.per_group[epoch - 1] for epoch in epoch_boundaries
     }
     extra = {}
     if method in TWO_TEACHER_METHODS:
@@ -274,7 +319,7 @@ def run(method, seed, args, data, teachers):
         "backend": keras.backend.backend(),
         "keras_version": keras.__version__,
         "epochs": args.epochs,
-        "boundaries": args.boundaries if method.startswith("ed") else [],
+        "boundaries": epoch_boundaries if method.startswith("ed") else [],
         "train_size": len(x),
         "top1_last": probe.top1[-1],
         "top1_best": max(probe.top1),
@@ -285,6 +330,11 @@ def run(method, seed, args, data, teachers):
         "epoch_seconds": probe.seconds,
         **extra,
     }
+
+
+def boundary_epochs(args):
+    """`--boundaries` as epochs (fractions resolved as GradeCallback does)."""
+    return keras_edu.GradeCallback(args.boundaries).boundaries_for(args.epochs)
 
 
 def mean_std(values):
@@ -303,7 +353,7 @@ def print_table(results, args, teacher_scores):
           f"{platform.processor() or platform.machine()}")
     print("Teachers' test top-1:", {k: round(100 * v, 2) for k, v in teacher_scores.items()})
     print()
-    groups = "groups 1/2/3 at " + ", ".join(f"epoch {b}" for b in args.boundaries) + ", end"
+    groups = "groups 1/2/3 at " + ", ".join(f"epoch {b}" for b in boundary_epochs(args)) + ", end"
     print(f"| method | seeds | top-1 last | top-1 best | {groups} | s/epoch |")
     print("|---|---|---|---|---|---|")
     for method in args.methods:
@@ -313,7 +363,7 @@ def print_table(results, args, teacher_scores):
         snapshots = [
             [statistics.mean(r["per_group_top1_before_boundary"][str(b)][k] for r in rows)
              for k in range(3)]
-            for b in args.boundaries
+            for b in boundary_epochs(args)
         ] + [[statistics.mean(r["per_group_top1"][k] for r in rows) for k in range(3)]]
         cell = "; ".join("/".join(f"{100 * v:.1f}" for v in s) for s in snapshots)
         seconds = statistics.mean(statistics.mean(r["epoch_seconds"]) for r in rows)

@@ -1,9 +1,11 @@
 """keras-edu: education distillation and adaptive multi-teacher distillation for Keras 3."""
 
 from keras_edu import data
+from keras_edu import growth
 from keras_edu import layers
 from keras_edu import losses
 from keras_edu import models
+from keras_edu import schedules
 from keras_edu import visualize
 from keras_edu.curriculum import CurriculumDataset
 from keras_edu.distiller import Distiller
@@ -23,9 +25,11 @@ __all__ = [
     "PerGroupAccuracy",
     "Teacher",
     "data",
+    "growth",
     "layers",
     "losses",
     "models",
+    "schedules",
     "visualize",
     "__version__",
 ]

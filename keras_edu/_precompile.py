@@ -159,6 +159,7 @@ def _shadow_at(distiller, grade, compile_config, data):
         temperature=distiller.temperature,
         loss=distiller.distillation_term,
         grade=distiller.grade,
+        generalists_teach=distiller.generalists_teach,
     )
     # The same path as the real switch, so variables are tracked in the
     # same order.

@@ -109,9 +109,14 @@ class CurriculumDataset(keras.utils.PyDataset):
 
     @property
     def num_batches(self):
+        return self.steps_for_grade(self.grade)
+
+    def steps_for_grade(self, grade):
+        """Batches in one epoch of `grade` (1-based), without switching to it."""
+        self.partition._check_grade(grade)
         if self.order == "stratified":
-            return math.ceil(sum(self._source.counts[: self.grade]) / self.batch_size)
-        return sum(self._source.num_batches[: self.grade])
+            return math.ceil(sum(self._source.counts[:grade]) / self.batch_size)
+        return sum(self._source.num_batches[:grade])
 
     def block_sizes(self, grade=None):
         """Rows of each seen group in a batch (`"stratified"`), else None.

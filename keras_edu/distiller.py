@@ -4,6 +4,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_edu import growth
 from keras_edu.curriculum import DEFAULT_ORDER
 from keras_edu.curriculum import CurriculumDataset
 from keras_edu.feature_taps import FeatureTaps
@@ -75,6 +76,13 @@ class Distiller(keras.Model):
             term (only `compute_loss`) needs teachers that cover every class.
             `None` (default) is `keras_edu.losses.SoftTargetKD`.
             `keras_edu.losses.AMTML` is wired in specially (above).
+        generalists_teach: With a `GradedStudent`, what a teacher of all
+            classes (a generalist) teaches. `"group"` (default): like a
+            specialist, each example's group's classes only. `"seen"`: every
+            class seen at the current grade, on every example, beside the
+            group's specialists (an example's distillation loss is then the
+            mean of its specialists' term and the generalists' term), so the
+            student also learns how the groups differ. Not with `AMTML`.
         name: The model's name.
 
     Example:
@@ -110,10 +118,17 @@ class Distiller(keras.Model):
         temperature=4.0,
         loss=None,
         grade=1,
+        generalists_teach="group",
         name="distiller",
         **kwargs,
     ):
         super().__init__(name=name, **kwargs)
+        if generalists_teach not in ("group", "seen"):
+            raise ValueError(
+                "`generalists_teach` must be 'group' or 'seen'. Received: "
+                f"generalists_teach={generalists_teach!r}."
+            )
+        self.generalists_teach = generalists_teach
         self.alpha = check_probability(alpha, "alpha")
         self.temperature = check_positive(temperature, "temperature")
         self.distillation_term = _resolve_loss(loss, self.temperature)
@@ -134,9 +149,7 @@ class Distiller(keras.Model):
         self._routing = TeacherRouting(teacher_classes, self.num_classes)
         if self.graded_student is not None:
             check_curriculum_teachers(self.graded_student.partition, teacher_classes)
-            self._grade_routing = GradeRouting(
-                self.graded_student.partition, grade, teacher_classes
-            )
+            self._grade_routing = self._route_grade(grade)
             self.seen_accuracy_tracker = keras.metrics.Mean(name="seen_accuracy")
         else:
             _check_loss_can_route(self.distillation_term, self._routing)
@@ -150,6 +163,12 @@ class Distiller(keras.Model):
         self.hint_regressors = []
         self._amtml = None
         if isinstance(self.distillation_term, AMTML):
+            if self._grade_routing_teaches_seen():
+                raise ValueError(
+                    "`generalists_teach='seen'` is not supported with an AMTML "
+                    "loss; use generalists_teach='group' (AMTML then mixes the "
+                    "generalists with each group's specialists)."
+                )
             self._amtml = _AMTMLWiring(self)
             self.amtml_loss_trackers = {
                 key: keras.metrics.Mean(name=key)
@@ -175,6 +194,16 @@ class Distiller(keras.Model):
     def student(self):
         """The student being trained, a plain `keras.Model`."""
         return self._student
+
+    @property
+    def curriculum(self):
+        """The `CurriculumDataset` that `fit` is serving a graded student.
+
+        None outside `fit` and for a plain student. Callbacks read it to
+        plan per grade (e.g. `GradeCallback` sizes a
+        `keras_edu.schedules.PerGradeCosineDecay` from its steps per grade).
+        """
+        return None if self._fit_context is None else self._fit_context[0]
 
     def compile(self, optimizer="rmsprop", loss=None, metrics=None, **kwargs):
         """Configures training. Takes `keras.Model.compile`'s arguments but `loss`.
@@ -468,7 +497,7 @@ class Distiller(keras.Model):
         taught = ops.cast(ops.equal(groups, batch_group), "float32") * ops.take(
             ops.convert_to_tensor(routing.group_has_teacher), batch_group
         )
-        return per_example * taught, taught
+        return self._with_seen_class_teachers(x, logits, per_example * taught, taught)
 
     def _blockwise_distillation(self, x, labels, logits):
         """Per-example loss when batches are stratified by group.
@@ -493,7 +522,35 @@ class Distiller(keras.Model):
             )
             start = stop
         taught = ops.concatenate(taught, axis=0)
-        return ops.concatenate(per_example, axis=0) * taught, taught
+        per_example = ops.concatenate(per_example, axis=0) * taught
+        return self._with_seen_class_teachers(x, logits, per_example, taught)
+
+    def _route_grade(self, grade):
+        teacher_classes = [t.classes for t in self.teachers]
+        every_class = set(range(self.num_classes))
+        seen_teachers = [
+            k for k, classes in enumerate(teacher_classes)
+            if self.generalists_teach == "seen" and set(classes) == every_class
+        ]
+        return GradeRouting(
+            self.graded_student.partition, grade, teacher_classes, seen_teachers
+        )
+
+    def _grade_routing_teaches_seen(self):
+        routing = getattr(self, "_grade_routing", None)
+        return routing is not None and routing.seen_branch is not None
+
+    def _with_seen_class_teachers(self, x, logits, per_example, taught):
+        """Adds the generalists' term over all seen classes (`"seen"`).
+
+        Every example is taught by them; an example its group also teaches
+        gets the mean of both terms.
+        """
+        branch = self._grade_routing.seen_branch
+        if branch is None:
+            return per_example, taught
+        seen_term = self._make_branch(branch)(x, logits)
+        return (per_example + seen_term) / (taught + 1.0), ops.ones_like(taught)
 
     def _make_branch(self, branch):
         def run(x, logits):
@@ -681,7 +738,11 @@ class Distiller(keras.Model):
         return self.graded_student.graduate()
 
     def set_grade(
-        self, grade, optimizer_state="reset", init_new_head_from_old=False
+        self,
+        grade,
+        optimizer_state="reset",
+        init_new_head_from_old=False,
+        zero_init_residual=False,
     ):
         """Moves a graded student to `grade` (normally `GradeCallback`'s job).
 
@@ -700,6 +761,9 @@ class Distiller(keras.Model):
             init_new_head_from_old: Copy the classifier rows of the classes
                 the old block already predicted into the new block when
                 their shapes allow.
+            zero_init_residual: Start every residual block of the stages
+                the student gains as its shortcut path
+                (`keras_edu.growth.zero_init_residual_branches`).
         """
         if self.graded_student is None:
             raise ValueError(
@@ -714,17 +778,22 @@ class Distiller(keras.Model):
         self.graded_student.partition._check_grade(grade)
         if grade == self.grade:
             return
-        old_student, old_grade = self._student, self.grade
+        old_grade = self.grade
         new_student = self.graded_student.model_for_grade(grade)
+        graded = self.graded_student
         if init_new_head_from_old:
-            _copy_seen_class_rows(
-                self.graded_student, old_grade, grade, old_student, new_student
+            growth.copy_seen_class_rows(
+                graded._blocks()[old_grade - 1],
+                graded._blocks()[grade - 1],
+                graded.classes_for_grade(old_grade),
+                graded.classes_for_grade(grade),
             )
+        if zero_init_residual:
+            for stage in graded.stages[old_grade:grade]:
+                growth.zero_init_residual_branches(stage)
         self._replace_student(new_student)
         self.grade = grade
-        self._grade_routing = GradeRouting(
-            self.graded_student.partition, grade, [t.classes for t in self.teachers]
-        )
+        self._grade_routing = self._route_grade(grade)
         if self._amtml is not None:
             # A fresh TeacherImportance for the new last stage, the hints
             # that teach at this grade (docs/many_teachers.md).
@@ -884,6 +953,7 @@ class Distiller(keras.Model):
                 ],
                 "alpha": self.alpha,
                 "temperature": self.temperature,
+                "generalists_teach": self.generalists_teach,
                 "loss": keras.saving.serialize_keras_object(
                     self.distillation_term
                 ),
@@ -1071,36 +1141,6 @@ def _resumed_epoch(callbacks, initial_epoch):
                 with open(path) as f:
                     return json.load(f)["epoch"]
     return initial_epoch
-
-
-def _final_dense(block):
-    if isinstance(block, keras.layers.Dense):
-        return block
-    if hasattr(block, "dense"):
-        return block.dense
-    dense = [l for l in getattr(block, "layers", []) if isinstance(l, keras.layers.Dense)]
-    return dense[-1] if dense else None
-
-
-def _copy_seen_class_rows(graded, old_grade, new_grade, old_model, new_model):
-    """Initialise the new classifier's seen-class rows from the old one."""
-    old_dense = _final_dense(graded._blocks()[old_grade - 1])
-    new_dense = _final_dense(graded._blocks()[new_grade - 1])
-    if old_dense is None or new_dense is None:
-        return
-    old_kernel = ops.convert_to_numpy(old_dense.kernel)
-    new_kernel = ops.convert_to_numpy(new_dense.kernel)
-    if old_kernel.shape[0] != new_kernel.shape[0]:
-        return
-    old_classes = graded.classes_for_grade(old_grade)
-    new_position = {c: i for i, c in enumerate(graded.classes_for_grade(new_grade))}
-    targets = [new_position[c] for c in old_classes]
-    new_kernel[:, targets] = old_kernel
-    new_dense.kernel.assign(new_kernel)
-    if old_dense.use_bias and new_dense.use_bias:
-        new_bias = ops.convert_to_numpy(new_dense.bias)
-        new_bias[targets] = ops.convert_to_numpy(old_dense.bias)
-        new_dense.bias.assign(new_bias)
 
 
 class _AMTMLWiring:

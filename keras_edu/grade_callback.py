@@ -1,12 +1,17 @@
 """`GradeCallback`: grows a graded student at epoch boundaries inside `fit()`."""
 
 import bisect
+import logging
+import math
 
 import keras
 
 from keras_edu import _precompile
+from keras_edu import schedules
 from keras_edu.curriculum import DEFAULT_ORDER
 from keras_edu.curriculum import ORDERS
+
+logger = logging.getLogger("keras_edu")
 
 
 class GradeCallback(keras.callbacks.Callback):
@@ -23,14 +28,21 @@ class GradeCallback(keras.callbacks.Callback):
     every epoch's logs carry the `grade`.
 
     Args:
-        boundaries: Strictly increasing epochs at which grades 2..K start;
-            one per grade after the first.
+        boundaries: When grades 2..K start, one per grade after the first:
+            strictly increasing epochs (ints, 0-based as in `fit`), or
+            fractions of the run in (0, 1) (floats), e.g. `[0.625, 0.75]`
+            for the reference's 150 and 180 of 240 epochs. A fraction `f`
+            starts its grade at epoch `floor(f * epochs + 0.5)`.
         optimizer_state: `"reset"` (default, as the reference code: fresh
             optimizer slots, e.g. momentum) or `"carry"` (keep the slots of
             the variables that survive the switch). The iteration count and
             the current learning rate always carry over.
         init_new_head_from_old: Copy the rows of the classes already seen
             from the old classifier into the new one when shapes allow.
+            Defaults to False (faithful to the method).
+        zero_init_residual: Start every residual block of a new stage as
+            its shortcut path (the last BatchNorm of its residual branch
+            gets `gamma = 0`; `keras_edu.growth.zero_init_residual_branches`).
             Defaults to False (faithful to the method).
         order: Batch layout of the curriculum built by `Distiller.fit`:
             `"stratified"` (default; every batch holds all seen groups in
@@ -49,6 +61,13 @@ class GradeCallback(keras.callbacks.Callback):
             step does not fit the switched student exactly, Keras compiles
             as usual. `precompiled_grades` lists the grades whose
             ahead-compiled step was used.
+
+    When the optimizer's learning rate is a
+    `keras_edu.schedules.PerGradeCosineDecay` without `grade_steps`, the
+    callback sets them when `fit` starts, from the curriculum's batches per
+    epoch of each grade, so the schedule restarts at every boundary.
+    `GradeCallback.faithful(boundaries)` is the reference code's
+    configuration (METHOD.md section 1).
 
     Example:
 
@@ -88,9 +107,13 @@ class GradeCallback(keras.callbacks.Callback):
         order=DEFAULT_ORDER,
         seed=None,
         precompile="auto",
+        zero_init_residual=False,
     ):
         super().__init__()
         self.boundaries = _check_boundaries(boundaries)
+        self._epoch_boundaries = (
+            None if _are_fractions(self.boundaries) else self.boundaries
+        )
         if optimizer_state not in ("reset", "carry"):
             raise ValueError(
                 "`optimizer_state` must be 'reset' or 'carry'. Received: "
@@ -100,6 +123,7 @@ class GradeCallback(keras.callbacks.Callback):
             raise ValueError(f"`order` must be one of {ORDERS}. Received: order={order!r}.")
         self.optimizer_state = optimizer_state
         self.init_new_head_from_old = bool(init_new_head_from_old)
+        self.zero_init_residual = bool(zero_init_residual)
         self.order = order
         self.seed = seed
         self.precompile = _check_precompile(precompile)
@@ -107,12 +131,50 @@ class GradeCallback(keras.callbacks.Callback):
         self._compile_ahead = False
         self._ahead = None
 
+    @classmethod
+    def faithful(cls, boundaries, seed=None):
+        """The reference code's grade switch (METHOD.md section 1).
+
+        Group-by-group batches (`order="sequential"`), a fresh optimizer and
+        a freshly initialised new stage and classifier at every boundary.
+        """
+        return cls(
+            boundaries,
+            optimizer_state="reset",
+            init_new_head_from_old=False,
+            order="sequential",
+            seed=seed,
+            zero_init_residual=False,
+        )
+
+    @property
+    def epoch_boundaries(self):
+        """The epochs at which grades 2..K start (fractions resolved by `fit`)."""
+        if self._epoch_boundaries is None:
+            raise ValueError(
+                f"`boundaries={self.boundaries}` are fractions of the run; "
+                "their epochs are known once `fit` starts (or after "
+                "`validate(distiller, epochs)`)."
+            )
+        return self._epoch_boundaries
+
+    def boundaries_for(self, epochs):
+        """The epochs at which grades 2..K start in a run of `epochs` epochs."""
+        if not _are_fractions(self.boundaries):
+            return list(self.boundaries)
+        return _fractions_to_epochs(self.boundaries, epochs)
+
     def grade_at(self, epoch):
         """The grade (1-based) that trains during `epoch` (0-based)."""
-        return 1 + bisect.bisect_right(self.boundaries, epoch)
+        return 1 + bisect.bisect_right(self.epoch_boundaries, epoch)
 
     def validate(self, distiller, epochs):
-        """Checks the schedule against the distiller and the epoch budget."""
+        """Checks the schedule against the distiller and the epoch budget.
+
+        Fractional boundaries are resolved to epochs of this run here.
+        """
+        if _are_fractions(self.boundaries) and math.isfinite(epochs):
+            self._epoch_boundaries = self.boundaries_for(epochs)
         graded = getattr(distiller, "graded_student", None)
         if graded is None:
             raise ValueError(
@@ -126,14 +188,24 @@ class GradeCallback(keras.callbacks.Callback):
                 f"needs {graded.num_grades - 1} epochs (one per grade after the "
                 f"first). Received: boundaries={self.boundaries}."
             )
-        if self.boundaries and self.boundaries[-1] >= epochs:
+        if self.epoch_boundaries and self.epoch_boundaries[-1] >= epochs:
             raise ValueError(
                 f"`boundaries` must be < epochs={epochs}, or the last grades "
                 f"never train. Received: boundaries={self.boundaries}."
             )
 
+    def grade_steps(self, curriculum, epochs):
+        """Training steps of each grade in a run of `epochs` epochs."""
+        starts = [0] + list(self.epoch_boundaries) + [epochs]
+        return [
+            (starts[g] - starts[g - 1]) * curriculum.steps_for_grade(g)
+            for g in range(1, len(starts))
+        ]
+
     def on_train_begin(self, logs=None):
-        self.validate(self.model, self.params.get("epochs", float("inf")))
+        epochs = self.params.get("epochs", float("inf"))
+        self.validate(self.model, epochs)
+        self._size_per_grade_schedule(epochs)
         self.precompiled_grades = []
         # A step compiled ahead for a fit that raised is not reused.
         self.on_train_end()
@@ -147,6 +219,25 @@ class GradeCallback(keras.callbacks.Callback):
                 "a distribution or NNX, or with an AMTML loss."
             )
 
+    def _size_per_grade_schedule(self, epochs):
+        optimizer = getattr(self.model, "optimizer", None)
+        schedule = schedules.per_grade_schedule(optimizer)
+        curriculum = getattr(self.model, "curriculum", None)
+        if schedule is None or curriculum is None or not math.isfinite(epochs):
+            return
+        steps = self.grade_steps(curriculum, epochs)
+        if schedule.grade_steps is None:
+            schedule.set_grade_steps(steps)
+        elif schedule.grade_steps != steps:
+            logger.warning(
+                "The PerGradeCosineDecay's grade_steps=%s differ from this "
+                "run's steps per grade %s: it will not restart at the "
+                "boundaries. Leave grade_steps=None to let GradeCallback set "
+                "them.",
+                schedule.grade_steps,
+                steps,
+            )
+
     def on_epoch_begin(self, epoch, logs=None):
         grade = self.grade_at(epoch)
         if grade != self.model.grade:
@@ -154,6 +245,7 @@ class GradeCallback(keras.callbacks.Callback):
                 grade,
                 optimizer_state=self.optimizer_state,
                 init_new_head_from_old=self.init_new_head_from_old,
+                zero_init_residual=self.zero_init_residual,
             )
             self._use_compiled_ahead(grade)
         self._compile_next_grade_ahead()
@@ -172,7 +264,7 @@ class GradeCallback(keras.callbacks.Callback):
         next_grade = self.model.grade + 1
         if self._ahead is not None or next_grade > len(self.boundaries) + 1:
             return
-        if self.boundaries[next_grade - 2] >= self.params.get("epochs", 0):
+        if self.epoch_boundaries[next_grade - 2] >= self.params.get("epochs", 0):
             return  # This run never reaches it.
         self._ahead = _precompile.NextGradeCompile(self.model, next_grade, context[0])
 
@@ -192,12 +284,16 @@ class GradeCallback(keras.callbacks.Callback):
 
 def _check_boundaries(boundaries):
     values = list(boundaries) if isinstance(boundaries, (list, tuple)) else None
-    if values is None or not all(isinstance(b, int) for b in values):
+    epochs = values is not None and all(
+        isinstance(b, int) and not isinstance(b, bool) for b in values
+    )
+    if values is None or not (epochs or _are_fractions(values)):
         raise ValueError(
-            "`boundaries` must be a list of integer epochs. Received: "
+            "`boundaries` must be a list of integer epochs, or of fractions of "
+            "the run in (0, 1) such as [0.625, 0.75]. Received: "
             f"boundaries={boundaries!r}."
         )
-    if any(b < 1 for b in values):
+    if epochs and any(b < 1 for b in values):
         raise ValueError(
             "`boundaries` must be >= 1: grade 1 trains from epoch 0. Received: "
             f"boundaries={values}."
@@ -208,6 +304,24 @@ def _check_boundaries(boundaries):
             f"boundaries={values}."
         )
     return values
+
+
+def _are_fractions(values):
+    return bool(values) and all(
+        isinstance(b, float) and 0.0 < b < 1.0 for b in values
+    )
+
+
+def _fractions_to_epochs(fractions, epochs):
+    resolved = [math.floor(f * epochs + 0.5) for f in fractions]
+    increasing = all(a < b for a, b in zip(resolved, resolved[1:]))
+    if resolved[0] < 1 or resolved[-1] >= epochs or not increasing:
+        raise ValueError(
+            f"`boundaries={fractions}` give the epochs {resolved} in a run of "
+            f"{epochs} epochs: every grade needs at least one epoch. Train for "
+            "more epochs or give the boundaries as epochs."
+        )
+    return resolved
 
 
 def _check_precompile(precompile):

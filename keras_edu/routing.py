@@ -88,9 +88,11 @@ class GradeRouting:
         partition: The `keras_edu.ClassPartition` of the curriculum.
         grade: The grade (1-based).
         teacher_classes: One tuple of global class ids per teacher.
+        seen_teachers: Indices of teachers that teach every seen class on
+            every example (`seen_branch`) instead of a group's classes.
     """
 
-    def __init__(self, partition, grade, teacher_classes):
+    def __init__(self, partition, grade, teacher_classes, seen_teachers=()):
         self.grade = grade
         self.seen_classes = partition.classes_up_to(grade)
         # label_to_column[c] is class c's logit at this grade, -1 if unseen.
@@ -103,17 +105,35 @@ class GradeRouting:
         )
         self.branches = []
         for group in partition.groups[:grade]:
-            members = []
-            for k, classes in enumerate(teacher_classes):
-                position = {c: i for i, c in enumerate(classes)}
-                if all(c in position for c in group):
-                    members.append((k, np.asarray([position[c] for c in group], "int32")))
+            members = _members_covering(group, teacher_classes, skip=seen_teachers)
             self.branches.append(
                 GroupBranch(self.label_to_column[group], members)
+            )
+        # Generalists over every seen class, in this grade's logit order.
+        self.seen_branch = None
+        if seen_teachers:
+            members = _members_covering(
+                self.seen_classes,
+                [teacher_classes[k] for k in seen_teachers],
+            )
+            members = [(seen_teachers[i], columns) for i, columns in members]
+            self.seen_branch = GroupBranch(
+                np.arange(len(self.seen_classes), dtype="int32"), members
             )
         self.group_has_teacher = np.asarray(
             [1.0 if b.members else 0.0 for b in self.branches], "float32"
         )
+
+
+def _members_covering(classes, teacher_classes, skip=()):
+    """`(teacher index, positions of classes in its logits)` of the teachers
+    that cover all of `classes`."""
+    members = []
+    for k, covered in enumerate(teacher_classes):
+        position = {c: i for i, c in enumerate(covered)}
+        if k not in skip and all(c in position for c in classes):
+            members.append((k, np.asarray([position[c] for c in classes], "int32")))
+    return members
 
 
 def check_curriculum_teachers(partition, teacher_classes):

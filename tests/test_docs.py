@@ -66,6 +66,8 @@ _SLOW_EXAMPLES = {
 
 _DOC_MODULES = (
     keras_edu,
+    keras_edu.growth,
+    keras_edu.schedules,
     keras_edu.layers,
     keras_edu.losses,
     keras_edu.models,
