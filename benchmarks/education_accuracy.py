@@ -34,6 +34,8 @@ schedule setting of the issue "Education distillation that pays":
               of a new stage start as their shortcut
     +head     GradeCallback(init_new_head_from_old=True)
     +carry    GradeCallback(optimizer_state="carry")
+    +full     the full teacher also teaches, over every class seen so far,
+              beside the specialists (Distiller(generalists_teach="seen"))
 
 e.g. `--methods ed_stratified+restart+zero`. `ed_faithful` is
 `GradeCallback.faithful(...)` (the reference code's switch, sequential
@@ -78,7 +80,7 @@ METHODS = (
     "scratch", "kd", "ed_stratified", "ed_interleaved", "ed_sequential", "ed_init_head",
     "ed_faithful", "aver", "amtml", "ed_amtml",
 )
-ED_OPTIONS = ("restart", "zero", "head", "carry")
+ED_OPTIONS = ("restart", "zero", "head", "carry", "full")
 # Methods that also learn from the second full teacher.
 TWO_TEACHER_METHODS = ("aver", "amtml", "ed_amtml")
 # AMTML hints: (student stage, full teacher, teacher layer). Teacher 0 is the
@@ -106,6 +108,9 @@ def parse_args():
                         help="The second full teacher of aver, amtml, ed_amtml.")
     parser.add_argument("--teacher_epochs", type=int, default=6)
     parser.add_argument("--out_dir", default="runs/education_accuracy")
+    parser.add_argument("--chart", default="",
+                        help="Write test top-1 against training cost (seed 0 of "
+                             "each method) to this PNG.")
     args = parser.parse_args()
     args.methods = args.methods.split(",")
     for method in args.methods:
@@ -282,13 +287,18 @@ def run(method, seed, args, data, teachers):
                 graded, specialists + [teachers["full"], teachers["full2"]],
                 loss=keras_edu.losses.AMTML(hints=hints),
             )
+        elif "+full" in method:
+            model = keras_edu.Distiller(
+                graded, specialists + [teachers["full"]], generalists_teach="seen"
+            )
         else:
             model = keras_edu.Distiller(graded, specialists)
         model.compile(sgd(args.lr, steps, args.epochs, per_grade="+restart" in method))
         callbacks.append(grade_callback(method, args, seed))
     probe = PerGroupTop1(x_test, y_test, partition)
+    cost = keras_edu.cost.TrainingCost(batch_size=args.batch_size)
     history = model.fit(x, y, epochs=args.epochs, batch_size=args.batch_size, verbose=2,
-                        callbacks=callbacks + [probe])
+                        callbacks=callbacks + [probe, cost])
     epoch_boundaries = boundary_epochs(args)
     at_boundaries = {
         str(epoch): probe.per_group[epoch - 1] for epoch in epoch_boundaries
@@ -328,6 +338,8 @@ def run(method, seed, args, data, teachers):
         "per_group_top1_by_epoch": probe.per_group,
         "per_group_top1_before_boundary": at_boundaries,
         "epoch_seconds": probe.seconds,
+        # Cumulative training FLOPs after each epoch (keras_edu.cost).
+        "train_cost_by_epoch": [float(c) for c in history.history["train_cost"]],
         **extra,
     }
 
@@ -401,6 +413,23 @@ def main():
             results.append(result)
             print_table(results, args, teacher_scores)
     print_table(results, args, teacher_scores)
+    if args.chart:
+        draw_cost_chart(results, args.chart)
+
+
+def draw_cost_chart(results, path):
+    """Top-1 against cumulative training cost, the lowest seed of each method."""
+    runs = {}
+    for result in sorted(results, key=lambda r: r["seed"]):
+        if "train_cost_by_epoch" in result and result["method"] not in runs:
+            runs[result["method"]] = {
+                "train_cost": result["train_cost_by_epoch"],
+                "top1": result["top1_by_epoch"],
+                "boundaries": result["boundaries"],
+            }
+    if runs:
+        keras_edu.visualize.cost_chart(runs, path=path)
+        print(f"Chart: {path}")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """keras-edu: education distillation and adaptive multi-teacher distillation for Keras 3."""
 
+from keras_edu import cost
 from keras_edu import data
 from keras_edu import growth
 from keras_edu import layers
@@ -24,6 +25,7 @@ __all__ = [
     "GradedStudent",
     "PerGroupAccuracy",
     "Teacher",
+    "cost",
     "data",
     "growth",
     "layers",

@@ -164,6 +164,10 @@ class CurriculumDataset(keras.utils.PyDataset):
         self._plan = self._make_plan()
         _refresh_keras_epoch_iterators(self)
 
+    def samples_per_group(self):
+        """Number of training samples of each group (all groups)."""
+        return [int(n) for n in self._source.counts]
+
     def batches_per_group(self):
         """Number of batches of each group in one epoch."""
         return list(self._source.num_batches)

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-__all__ = ["curriculum_chart", "teacher_weight_chart"]
+__all__ = ["cost_chart", "curriculum_chart", "teacher_weight_chart"]
 
 # Per-group accuracy keys in a History, as `PerGroupAccuracy` logs them.
 _GROUP_KEY = re.compile(r"^val_group_(\d+)_accuracy$")
@@ -258,6 +258,74 @@ def teacher_weight_chart(
     axes.set_xlabel("class")
     axes.set_title("Mean learned teacher weight per class")
     figure.tight_layout()
+    _save(figure, path)
+    return figure
+
+
+def cost_chart(runs, path=None):
+    """Draws test top-1 against cumulative training cost, one curve per method.
+
+    The x axis is the training cost in FLOPs (the `train_cost` that
+    `keras_edu.cost.TrainingCost` logs), so a method whose early epochs are
+    cheap, as education distillation's grades are, is drawn at what it
+    spent rather than at its epoch count. Grade boundaries are marked on
+    the curves that have them.
+
+    Args:
+        runs: `{method name: run}`; a run is a dict with `train_cost` (the
+            cumulative cost after each epoch), `top1` (the accuracy after
+            each epoch, fractions or percentages) and optionally
+            `boundaries` (the epochs, 0-based, at which grades 2, 3, ...
+            start).
+        path: Optional file to save the figure to, as in `curriculum_chart`.
+
+    Returns:
+        The `matplotlib.figure.Figure`; one line per method in
+        `figure.axes[0].lines`.
+
+    Example:
+
+    ```python
+    from keras_edu import visualize
+
+    figure = visualize.cost_chart({
+        "KD": {"train_cost": [4e12, 8e12, 12e12], "top1": [0.85, 0.88, 0.90]},
+        "ED": {"train_cost": [1e12, 2e12, 6e12], "top1": [0.40, 0.55, 0.86],
+               "boundaries": [1, 2]},
+    }, path="cost.png")
+    len(figure.axes[0].lines)  # 2
+    ```
+    """
+    if not isinstance(runs, Mapping) or not runs:
+        raise ValueError(
+            "`runs` must be a non-empty dict {method name: {'train_cost': [...], "
+            f"'top1': [...]}}. Received: {type(runs).__name__}."
+        )
+    figure = _new_figure((7.0, 4.0))
+    axes = figure.add_subplot()
+    percent = False
+    for name, run in runs.items():
+        cost = np.asarray(run.get("train_cost", []), "float64")
+        top1 = np.asarray(run.get("top1", []), "float64")
+        if cost.ndim != 1 or cost.shape != top1.shape or not len(cost):
+            raise ValueError(
+                f"`runs[{name!r}]` needs `train_cost` and `top1` of the same "
+                f"non-zero length, one value per epoch. Received lengths "
+                f"{cost.size} and {top1.size}."
+            )
+        percent = percent or np.nanmax(top1) > 1.0
+        (line,) = axes.plot(cost, top1, marker="o", markersize=3, label=name)
+        marks = [b - 1 for b in run.get("boundaries") or [] if 0 < b <= len(cost)]
+        if marks:
+            # A scatter, not a line: `axes.lines` stays one per method.
+            axes.scatter(cost[marks], top1[marks], marker="|", s=200,
+                         color=line.get_color())
+    axes.set_xscale("log")
+    axes.set_xlabel("cumulative training cost (FLOPs, log scale)")
+    axes.set_ylabel("test top-1 accuracy" + (" (%)" if percent else ""))
+    axes.set_title("Accuracy against training cost (| = grade boundary)")
+    axes.legend(loc="lower right", fontsize="small")
+    axes.grid(alpha=0.3)
     _save(figure, path)
     return figure
 

@@ -66,6 +66,7 @@ _SLOW_EXAMPLES = {
 
 _DOC_MODULES = (
     keras_edu,
+    keras_edu.cost,
     keras_edu.growth,
     keras_edu.schedules,
     keras_edu.layers,
