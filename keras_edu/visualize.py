@@ -324,7 +324,7 @@ def cost_chart(runs, path=None):
     axes.set_xlabel("cumulative training cost (FLOPs, log scale)")
     axes.set_ylabel("test top-1 accuracy" + (" (%)" if percent else ""))
     axes.set_title("Accuracy against training cost (| = grade boundary)")
-    axes.legend(loc="lower right", fontsize="small")
+    axes.legend(loc="best", fontsize="small")
     axes.grid(alpha=0.3)
     _save(figure, path)
     return figure
