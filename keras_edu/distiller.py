@@ -10,6 +10,7 @@ from keras_edu.curriculum import CurriculumDataset
 from keras_edu.feature_taps import FeatureTaps
 from keras_edu.feature_taps import last_feature_layer
 from keras_edu.graded_student import GradedStudent
+from keras_edu.label_checks import check_labels
 from keras_edu.losses.amtml import AMTML
 from keras_edu.losses.soft_target_kd import SoftTargetKD
 from keras_edu.routing import GradeRouting
@@ -870,7 +871,14 @@ class Distiller(keras.Model):
         `tf.data.Dataset` of `(input, label)`) are served as a
         `CurriculumDataset`: only groups `1..grade`, one group per batch.
         Pass a `keras_edu.GradeCallback` to grow the student during the run.
+
+        NumPy (or list) labels are checked before the first step
+        (`keras_edu.label_checks.check_labels`): a label outside the
+        student's classes, a non-integer sparse label or a one-hot row that
+        is not a distribution raises a ValueError naming `y`.
         """
+        if isinstance(y, (np.ndarray, list)):
+            check_labels(y, self.num_classes)
         if self.graded_student is None:
             return super().fit(
                 x, y, batch_size=batch_size, epochs=epochs, verbose=verbose,

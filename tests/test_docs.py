@@ -68,6 +68,7 @@ _DOC_MODULES = (
     keras_edu,
     keras_edu.cost,
     keras_edu.growth,
+    keras_edu.label_checks,
     keras_edu.schedules,
     keras_edu.layers,
     keras_edu.losses,
