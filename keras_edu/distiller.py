@@ -164,7 +164,10 @@ class Distiller(keras.Model):
         self.hint_regressors = []
         self._amtml = None
         if isinstance(self.distillation_term, AMTML):
-            if self._grade_routing_teaches_seen():
+            if (
+                self.graded_student is not None
+                and self._grade_routing.seen_branch is not None
+            ):
                 raise ValueError(
                     "`generalists_teach='seen'` is not supported with an AMTML "
                     "loss; use generalists_teach='group' (AMTML then mixes the "
@@ -536,10 +539,6 @@ class Distiller(keras.Model):
         return GradeRouting(
             self.graded_student.partition, grade, teacher_classes, seen_teachers
         )
-
-    def _grade_routing_teaches_seen(self):
-        routing = getattr(self, "_grade_routing", None)
-        return routing is not None and routing.seen_branch is not None
 
     def _with_seen_class_teachers(self, x, logits, per_example, taught):
         """Adds the generalists' term over all seen classes (`"seen"`).

@@ -173,7 +173,7 @@ class GradeCallback(keras.callbacks.Callback):
 
         Fractional boundaries are resolved to epochs of this run here.
         """
-        if _are_fractions(self.boundaries) and math.isfinite(epochs):
+        if math.isfinite(epochs):
             self._epoch_boundaries = self.boundaries_for(epochs)
         graded = getattr(distiller, "graded_student", None)
         if graded is None:
