@@ -129,6 +129,34 @@ class CurriculumDataset(keras.utils.PyDataset):
         grade = self.grade if grade is None else grade
         return _proportional_split(self.batch_size, self._source.counts[:grade])
 
+    def seen_group_inputs(self, num_samples):
+        """About `num_samples` training inputs of the seen groups, as batches.
+
+        Each batch holds every seen group in proportion to its size (the
+        stratified layout, whatever `order` is), drawn from the start of
+        this epoch's order; `GradeCallback(batchnorm_samples=...)` uses them
+        to re-estimate BatchNorm statistics at a switch. For a `tf.data`
+        source the reads advance the groups' streams.
+        """
+        sizes = _proportional_split(self.batch_size, self._source.counts[: self.grade])
+        count = min(
+            math.ceil(num_samples / self.batch_size), self.steps_for_grade(self.grade)
+        )
+        batches = []
+        for index in range(count):
+            batch = np.concatenate(
+                [
+                    self._source.rows(group, index * size, size)[0]
+                    for group, size in enumerate(sizes)
+                    if size
+                ]
+            )
+            # A group's rows of this epoch can run out before `count`
+            # batches (batch-per-group orders): keep full batches only.
+            if len(batch) == self.batch_size:
+                batches.append(batch)
+        return batches
+
     def batch_spec(self):
         """`((shape, dtype), (shape, dtype))` of a batch's inputs and labels.
 

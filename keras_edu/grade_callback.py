@@ -7,6 +7,7 @@ import math
 import keras
 
 from keras_edu import _precompile
+from keras_edu import growth
 from keras_edu import schedules
 from keras_edu.curriculum import DEFAULT_ORDER
 from keras_edu.curriculum import ORDERS
@@ -44,6 +45,14 @@ class GradeCallback(keras.callbacks.Callback):
             its shortcut path (the last BatchNorm of its residual branch
             gets `gamma = 0`; `keras_edu.growth.zero_init_residual_branches`).
             Defaults to False (faithful to the method).
+        batchnorm_samples: Re-estimate the BatchNorm moving statistics of the
+            new grade's student on about this many training samples of its
+            seen groups right after each switch
+            (`keras_edu.growth.reestimate_batchnorm_statistics`), so that it
+            evaluates sensibly before training has moved the averages.
+            Training itself uses batch statistics, so this changes what the
+            student predicts at a switch, not how it trains. Defaults to 0
+            (off, as the method).
         order: Batch layout of the curriculum built by `Distiller.fit`:
             `"stratified"` (default; every batch holds all seen groups in
             proportion, each specialist distils its own rows),
@@ -108,6 +117,7 @@ class GradeCallback(keras.callbacks.Callback):
         seed=None,
         precompile="auto",
         zero_init_residual=False,
+        batchnorm_samples=0,
     ):
         super().__init__()
         self.boundaries = _check_boundaries(boundaries)
@@ -124,6 +134,17 @@ class GradeCallback(keras.callbacks.Callback):
         self.optimizer_state = optimizer_state
         self.init_new_head_from_old = bool(init_new_head_from_old)
         self.zero_init_residual = bool(zero_init_residual)
+        if (
+            isinstance(batchnorm_samples, bool)
+            or not isinstance(batchnorm_samples, int)
+            or batchnorm_samples < 0
+        ):
+            raise ValueError(
+                "`batchnorm_samples` must be an integer >= 0 (0 turns the "
+                "re-estimation off). Received: "
+                f"batchnorm_samples={batchnorm_samples!r}."
+            )
+        self.batchnorm_samples = batchnorm_samples
         self.order = order
         self.seed = seed
         self.precompile = _check_precompile(precompile)
@@ -247,8 +268,17 @@ class GradeCallback(keras.callbacks.Callback):
                 init_new_head_from_old=self.init_new_head_from_old,
                 zero_init_residual=self.zero_init_residual,
             )
+            self._reestimate_batchnorm()
             self._use_compiled_ahead(grade)
         self._compile_next_grade_ahead()
+
+    def _reestimate_batchnorm(self):
+        curriculum = self.model.curriculum
+        if not self.batchnorm_samples or curriculum is None:
+            return
+        growth.reestimate_batchnorm_statistics(
+            self.model.student, curriculum.seen_group_inputs(self.batchnorm_samples)
+        )
 
     def on_train_end(self, logs=None):
         # A run that stops before the next boundary (EarlyStopping, the

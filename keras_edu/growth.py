@@ -5,13 +5,17 @@ block (or the real head). The method (METHOD.md section 1) leaves them as
 freshly initialised. The functions here are the alternatives the
 `GradeCallback` offers: residual blocks that start as their shortcut, and
 a classifier that starts from the old one's rows for the classes already
-seen.
+seen, and BatchNorm statistics re-estimated on the new grade's data.
 """
 
 import keras
 from keras import ops
 
-__all__ = ["copy_seen_class_rows", "zero_init_residual_branches"]
+__all__ = [
+    "copy_seen_class_rows",
+    "reestimate_batchnorm_statistics",
+    "zero_init_residual_branches",
+]
 
 
 def zero_init_residual_branches(layer):
@@ -153,3 +157,64 @@ def copy_seen_class_rows(old_block, new_block, old_classes, new_classes):
         new_bias[targets] = ops.convert_to_numpy(old_dense.bias)
         new_dense.bias.assign(new_bias)
     return True
+
+
+def reestimate_batchnorm_statistics(model, batches):
+    """Sets every BatchNorm's moving statistics to their average over `batches`.
+
+    After a grade switch the new stage's BatchNorm layers hold their
+    initial statistics (mean 0, variance 1) and the surviving ones hold
+    statistics of the previous grade's classes, so the model evaluated in
+    inference mode right after the switch mispredicts until training has
+    moved the averages. This runs `model` forward in training mode on each
+    batch with the momentum of batch `k` (0-based) set to `k / (k + 1)`,
+    which makes each moving mean and variance the plain average of the
+    batches' means and variances. No trainable weight changes; the layers'
+    momenta are restored afterwards.
+
+    Args:
+        model: A Keras model or layer containing `BatchNormalization` layers.
+        batches: Iterable of input batches (arrays, or `(x, y)` tuples whose
+            `x` is used).
+
+    Returns:
+        The number of BatchNorm layers re-estimated.
+
+    Example:
+
+    ```python
+    import keras, numpy as np
+    import keras_edu
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.BatchNormalization()])
+    batches = [np.full((4, 3), 1.0), np.full((4, 3), 3.0)]
+    keras_edu.growth.reestimate_batchnorm_statistics(model, batches)  # 1
+    model.layers[0].moving_mean.numpy()  # [2., 2., 2.]
+    ```
+    """
+    layers = [
+        layer
+        for layer in model._flatten_layers(include_self=True)
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    if not layers:
+        return 0
+    momenta = [layer.momentum for layer in layers]
+    seen = 0
+    try:
+        for k, batch in enumerate(batches):
+            x = batch[0] if isinstance(batch, tuple) else batch
+            for layer in layers:
+                layer.momentum = k / (k + 1.0)
+            model(x, training=True)
+            seen += 1
+    finally:
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
+    if seen == 0:
+        raise ValueError(
+            "`batches` is empty: re-estimating BatchNorm statistics needs at "
+            "least one batch of inputs."
+        )
+    return len(layers)
+

@@ -254,6 +254,81 @@ def test_grade_callback_zero_inits_each_new_stage_during_fit():
     assert seen == {0: 1.0, 1: 0.0, 2: 0.0}
 
 
+# --------------------------------------------------------------- BatchNorm re-estimation
+
+
+def test_reestimated_batchnorm_statistics_are_the_average_over_the_batches():
+    rng = np.random.default_rng(2)
+    model = keras.Sequential(
+        [keras.Input((3,)), keras.layers.Dense(4), keras.layers.BatchNormalization()]
+    )
+    kernel_before = ops.convert_to_numpy(model.layers[0].kernel).copy()
+    batches = [rng.normal(k, 1.0 + k, (5, 3)).astype("float32") for k in range(3)]
+    assert keras_edu.growth.reestimate_batchnorm_statistics(model, batches) == 1
+    bn = model.layers[1]
+    hidden = [ops.convert_to_numpy(model.layers[0](b)) for b in batches]
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(bn.moving_mean), np.mean([h.mean(0) for h in hidden], 0),
+        rtol=1e-5, atol=1e-5,
+    )
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(bn.moving_variance), np.mean([h.var(0) for h in hidden], 0),
+        rtol=1e-4, atol=1e-5,
+    )
+    assert bn.momentum == 0.99  # restored
+    np.testing.assert_array_equal(ops.convert_to_numpy(model.layers[0].kernel), kernel_before)
+
+
+def test_reestimating_batchnorm_needs_a_batch():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.BatchNormalization()])
+    with pytest.raises(ValueError, match="`batches` is empty"):
+        keras_edu.growth.reestimate_batchnorm_statistics(model, [])
+    assert model.layers[0].momentum == 0.99
+
+
+def test_seen_group_inputs_hold_every_seen_group_in_proportion():
+    y = np.repeat(np.arange(6), [10, 10, 5, 5, 20, 20])
+    x = y.astype("float32").reshape(-1, 1)  # each input is its label
+    data = keras_edu.CurriculumDataset(
+        x, y, partition=PARTITION, batch_size=10, order="sequential", grade=2
+    )
+    batches = data.seen_group_inputs(25)
+    # The third batch would need 21 of group 1's 20 rows this epoch.
+    assert len(batches) == 2 and all(len(b) == 10 for b in batches)
+    labels = np.concatenate(batches).ravel()
+    assert set(labels) <= {0.0, 1.0, 2.0, 3.0}
+    # Group 1 has 20 samples, group 2 has 10: rows 7 and 3 per batch.
+    assert np.sum(labels < 2) == 14 and np.sum(labels >= 2) == 6
+
+
+@pytest.mark.parametrize("samples", [0, 16])
+def test_grade_callback_reestimates_batchnorm_right_after_a_switch(samples):
+    graded = _resnet_student()
+    distiller = keras_edu.Distiller(graded, _specialists())
+    distiller.compile(optimizer="sgd")
+    seen = {}
+
+    class Probe(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                bn = graded.stages[1].get_layer("stage2_block1_bn1")
+                seen["mean"] = ops.convert_to_numpy(bn.moving_mean)
+                seen["momentum"] = bn.momentum
+
+    x, y = _data()
+    callback = keras_edu.GradeCallback([1, 2], batchnorm_samples=samples)
+    distiller.fit(x, y, epochs=3, batch_size=8, verbose=0, callbacks=[callback, Probe()])
+    # The new stage's BatchNorm starts at mean 0; re-estimation moves it.
+    assert np.abs(seen["mean"]).max() > 1e-3 if samples else np.all(seen["mean"] == 0)
+    assert seen["momentum"] == 0.9  # the ResNets' BatchNorm momentum, restored
+
+
+@pytest.mark.parametrize("samples", [-1, 2.5, True])
+def test_grade_callback_rejects_bad_batchnorm_samples(samples):
+    with pytest.raises(ValueError, match="batchnorm_samples"):
+        keras_edu.GradeCallback([1, 2], batchnorm_samples=samples)
+
+
 # --------------------------------------------------------------- generalists over seen classes
 
 
