@@ -10,6 +10,8 @@ from keras_edu.curriculum import CurriculumDataset
 from keras_edu.feature_taps import FeatureTaps
 from keras_edu.feature_taps import last_feature_layer
 from keras_edu.graded_student import GradedStudent
+from keras_edu.label_checks import BadLabelCount
+from keras_edu.label_checks import StopOnBadLabels
 from keras_edu.label_checks import check_labels
 from keras_edu.losses.amtml import AMTML
 from keras_edu.losses.soft_target_kd import SoftTargetKD
@@ -154,6 +156,9 @@ class Distiller(keras.Model):
             self.seen_accuracy_tracker = keras.metrics.Mean(name="seen_accuracy")
         else:
             _check_loss_can_route(self.distillation_term, self._routing)
+            # Labels that arrive batch by batch are counted in the step;
+            # `fit` raises at the end of the first epoch that saw a bad one.
+            self.label_check = BadLabelCount(self.num_classes)
         self.student_loss_tracker = keras.metrics.Mean(name="student_loss")
         self.distillation_loss_tracker = keras.metrics.Mean(
             name="distillation_loss"
@@ -270,6 +275,8 @@ class Distiller(keras.Model):
                 / ops.maximum(ops.sum(seen), 1.0)
             )
         else:
+            if training:
+                self.label_check.update_state(y)
             labels, cross_entropy = _labels_and_cross_entropy(y, logits)
             student_loss = _weighted_mean(cross_entropy, sample_weight)
         if not training:
@@ -336,6 +343,7 @@ class Distiller(keras.Model):
         if self._amtml is not None:
             # AMTML logs its KD term as `kd_loss`, beside its other terms.
             logs.pop("distillation_loss", None)
+        logs.pop("bad_labels", None)  # read by StopOnBadLabels, not logged
         if not self._logging_distillation:
             # Evaluation runs no teacher: do not log loss parts it never had.
             for key in self._distillation_log_keys():
@@ -879,6 +887,7 @@ class Distiller(keras.Model):
         if isinstance(y, (np.ndarray, list)):
             check_labels(y, self.num_classes)
         if self.graded_student is None:
+            callbacks = list(callbacks or []) + [StopOnBadLabels(self.label_check)]
             return super().fit(
                 x, y, batch_size=batch_size, epochs=epochs, verbose=verbose,
                 callbacks=callbacks, shuffle=shuffle,
@@ -1105,6 +1114,11 @@ def _labels_and_cross_entropy(y, logits):
         cross_entropy = ops.categorical_crossentropy(dense, logits, from_logits=True)
         return labels, cross_entropy
     labels = ops.cast(ops.reshape(y, (-1,)), "int32")
+    # An out-of-range label would stop TensorFlow and PyTorch with an
+    # internal error (JAX clamps it): BadLabelCount has counted it and fit
+    # raises a clear error at the epoch's end, so the step uses class 0.
+    valid = ops.logical_and(ops.greater_equal(labels, 0), ops.less(labels, num_classes))
+    labels = ops.where(valid, labels, ops.zeros_like(labels))
     cross_entropy = ops.sparse_categorical_crossentropy(
         labels, logits, from_logits=True
     )

@@ -5,11 +5,18 @@ IndexError on PyTorch, and train silently on JAX (its gather clamps the
 index); float labels train silently everywhere. One vectorised pass over
 the labels, negligible next to an epoch, gives every backend the same
 clear error.
+
+Labels that arrive batch by batch (a `tf.data.Dataset`, a `PyDataset`, a
+generator) are counted inside the compiled step instead, by
+`BadLabelCount`, and `Distiller.fit` raises at the end of the first epoch
+that saw one.
 """
 
+import keras
 import numpy as np
+from keras import ops
 
-__all__ = ["check_labels"]
+__all__ = ["BadLabelCount", "check_labels"]
 
 
 def check_labels(y, num_classes, name="y"):
@@ -90,3 +97,124 @@ def _check_distributions(rows, name):
             f"distributions (non-negative, summing to 1), the first at row "
             f"{first}: {rows[first].tolist()}."
         )
+
+
+class BadLabelCount(keras.metrics.Metric):
+    """Counts the invalid labels of the batches it sees, inside the step.
+
+    A sparse label is invalid when it is not an integer in
+    `[0, num_classes)` (or not finite); a `(B, num_classes)` row when it has
+    a negative or non-finite entry or does not sum to 1. The count and the
+    first invalid value (a sparse label, or the row's sum) accumulate
+    across epochs, in `keras.ops` only, with no Python control flow in the
+    compiled step: `Keras`'s per-epoch `reset_metrics` leaves them alone
+    (`restart()` zeroes them), so the count is still there when the epoch's
+    callbacks run, after validation. `Distiller.fit` raises from it when
+    the labels come batch by batch; NumPy labels are checked up front by
+    `check_labels`.
+
+    Args:
+        num_classes: The width of the student's logits.
+        name: The metric's name. Defaults to `"bad_labels"`.
+
+    Example:
+
+    ```python
+    import numpy as np
+    from keras_edu.label_checks import BadLabelCount
+
+    count = BadLabelCount(num_classes=6)
+    count.update_state(np.array([0, 12, 3, -1]))
+    float(count.result()), float(count.first_bad)  # (2.0, 12.0)
+    ```
+    """
+
+    def __init__(self, num_classes, name="bad_labels", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.num_classes = int(num_classes)
+        self.count = self.add_variable(shape=(), initializer="zeros", name="count")
+        self.first_bad = self.add_variable(shape=(), initializer="zeros", name="first_bad")
+
+    def update_state(self, y, sample_weight=None):
+        y = ops.cast(y, "float32")
+        if len(y.shape) == 2 and y.shape[-1] == self.num_classes and self.num_classes > 1:
+            values = ops.sum(y, axis=-1)
+            bad = _any_of(
+                ops.any(ops.logical_not(ops.isfinite(y)), axis=-1),
+                ops.any(ops.less(y, 0.0), axis=-1),
+                ops.greater(ops.abs(values - 1.0), 1e-3),
+            )
+        else:
+            values = ops.reshape(y, (-1,))
+            bad = _any_of(
+                ops.logical_not(ops.isfinite(values)),
+                ops.less(values, 0.0),
+                ops.greater_equal(values, float(self.num_classes)),
+                ops.not_equal(values, ops.round(values)),
+            )
+        bad = ops.cast(bad, "float32")
+        found = ops.sum(bad)
+        first_in_batch = ops.take(values, ops.argmax(bad))
+        count = ops.convert_to_tensor(self.count)
+        keep = ops.logical_or(ops.greater(count, 0.0), ops.equal(found, 0.0))
+        self.first_bad.assign(
+            ops.where(keep, ops.convert_to_tensor(self.first_bad), first_in_batch)
+        )
+        self.count.assign(count + found)
+
+    def result(self):
+        return self.count
+
+    def reset_state(self):
+        # Left alone by Keras's per-epoch reset, see the class docstring.
+        pass
+
+    def restart(self):
+        """Zeroes the count and the first invalid value."""
+        self.count.assign(0.0)
+        self.first_bad.assign(0.0)
+
+    def get_config(self):
+        return {**super().get_config(), "num_classes": self.num_classes}
+
+
+def _any_of(*conditions):
+    result = conditions[0]
+    for condition in conditions[1:]:
+        result = ops.logical_or(result, condition)
+    return result
+
+
+class StopOnBadLabels(keras.callbacks.Callback):
+    """Raises at the end of the first epoch whose batches held a bad label.
+
+    `Distiller.fit` adds it for a plain student; it reads the Distiller's
+    `BadLabelCount`.
+    """
+
+    def __init__(self, counter):
+        super().__init__()
+        self.counter = counter
+
+    def on_train_begin(self, logs=None):
+        self.counter.restart()
+
+    def on_epoch_end(self, epoch, logs=None):
+        raise_if_bad_labels(self.counter, epoch)
+
+
+def raise_if_bad_labels(counter, epoch, source="y"):
+    """Raises the ValueError for the labels `counter` found, if any."""
+    count = int(ops.convert_to_numpy(counter.count))
+    if count == 0:
+        return
+    first = float(ops.convert_to_numpy(counter.first_bad))
+    first = int(first) if first.is_integer() else first
+    raise ValueError(
+        f"`{source}`: {count} labels seen by epoch {epoch + 1} are not valid for "
+        f"a student with {counter.num_classes} outputs, the first {first!r} "
+        f"(sparse labels must be integers in [0, {counter.num_classes}); "
+        f"(B, {counter.num_classes}) rows must be distributions, for which the "
+        "value shown is the row's sum). Map the dataset's labels into that "
+        "range, or give a student (and teachers) with more outputs."
+    )

@@ -82,3 +82,71 @@ def test_graded_fit_checks_labels_too():
 def test_check_labels_names_the_argument():
     with pytest.raises(ValueError, match="^`labels` holds"):
         check_labels([7], num_classes=3, name="labels")
+
+
+# --------------------------------------------------------------- batch by batch
+
+
+class _Batches(keras.utils.PyDataset):
+    """Labels that reach the step one batch at a time, unchecked up front."""
+
+    def __init__(self, y, batch_size=4):
+        super().__init__()
+        self.y, self.batch_size = np.asarray(y), batch_size
+
+    def __len__(self):
+        return len(self.y) // self.batch_size
+
+    def __getitem__(self, index):
+        rows = slice(index * self.batch_size, (index + 1) * self.batch_size)
+        return X[rows], self.y[rows]
+
+
+@pytest.mark.parametrize(
+    "y, match",
+    [
+        (np.array([0, 1, 2, 3, 12, 12, 12, 5]), "3 labels seen by epoch 1 .* 6 outputs, the first 12 "),
+        (np.array([0, 1, 2, 3, 4, 5, -1, 0]), "1 labels .* the first -1 "),
+        (np.array([0.5, 1, 2, 3, 4, 5, 0, 1], "float32"), "1 labels .* the first 0.5 "),
+        (np.eye(6, dtype="float32")[np.arange(8) % 6] * 2.0, "8 labels .* the first 2 "),
+    ],
+)
+def test_bad_labels_batch_by_batch_fail_at_the_end_of_the_first_epoch(y, match):
+    distiller = _distiller()
+    with pytest.raises(ValueError, match=f"`y`: {match}"):
+        distiller.fit(_Batches(y), epochs=3, verbose=0)
+    # Stopped after the first epoch: 2 steps, not 6.
+    assert int(keras.ops.convert_to_numpy(distiller.optimizer.iterations)) == 2
+
+
+def test_bad_labels_in_a_tf_data_pipeline_fail_the_same_way():
+    tf = pytest.importorskip("tensorflow")
+    y = np.full(8, 12)
+    dataset = tf.data.Dataset.from_tensor_slices((X, y)).batch(4)
+    with pytest.raises(ValueError, match="`y`: 8 labels seen by epoch 1 .* the first 12 "):
+        _distiller().fit(dataset, epochs=2, verbose=0)
+
+
+def test_good_labels_batch_by_batch_train_and_log_no_count():
+    distiller = _distiller()
+    history = distiller.fit(
+        _Batches(np.arange(8) % 6), epochs=2, verbose=0,
+        validation_data=_Batches(np.arange(8) % 6),
+    )
+    assert "bad_labels" not in history.history
+    assert np.all(np.isfinite(history.history["loss"]))
+
+
+def test_bad_label_count_matches_a_hand_count():
+    from keras_edu.label_checks import BadLabelCount
+
+    count = BadLabelCount(num_classes=6)
+    count.update_state(np.array([0, 1, 5]))
+    count.update_state(np.array([6, 2, -3, 7]))
+    count.update_state(np.array([9]))
+    assert float(keras.ops.convert_to_numpy(count.count)) == 4.0
+    assert float(keras.ops.convert_to_numpy(count.first_bad)) == 6.0  # first ever
+    count.reset_state()  # Keras's per-epoch reset leaves it alone
+    assert float(keras.ops.convert_to_numpy(count.result())) == 4.0
+    count.restart()
+    assert float(keras.ops.convert_to_numpy(count.result())) == 0.0
