@@ -6,6 +6,7 @@ from keras_edu import growth
 from keras_edu import layers
 from keras_edu import losses
 from keras_edu import models
+from keras_edu import nonfinite
 from keras_edu import schedules
 from keras_edu import visualize
 from keras_edu.curriculum import CurriculumDataset
@@ -31,6 +32,7 @@ __all__ = [
     "layers",
     "losses",
     "models",
+    "nonfinite",
     "schedules",
     "visualize",
     "__version__",

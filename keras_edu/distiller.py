@@ -5,6 +5,7 @@ import numpy as np
 from keras import ops
 
 from keras_edu import growth
+from keras_edu import nonfinite
 from keras_edu.curriculum import DEFAULT_ORDER
 from keras_edu.curriculum import CurriculumDataset
 from keras_edu.feature_taps import FeatureTaps
@@ -882,10 +883,14 @@ class Distiller(keras.Model):
         NumPy (or list) labels are checked before the first step
         (`keras_edu.label_checks.check_labels`): a label outside the
         student's classes, a non-integer sparse label or a one-hot row that
-        is not a distribution raises a ValueError naming `y`.
+        is not a distribution raises a ValueError naming `y`. NumPy inputs
+        with NaN or Inf, and a teacher whose logits on the first batch are
+        not finite, raise a ValueError naming `x` or the teacher
+        (`keras_edu.nonfinite`).
         """
         if isinstance(y, (np.ndarray, list)):
             check_labels(y, self.num_classes)
+        self._check_finite_before_training(x, batch_size)
         if self.graded_student is None:
             callbacks = list(callbacks or []) + [StopOnBadLabels(self.label_check)]
             return super().fit(
@@ -927,6 +932,16 @@ class Distiller(keras.Model):
         finally:
             self._fit_context = None
             self._blocks = None
+
+    def _check_finite_before_training(self, x, batch_size):
+        # A NaN pixel or a teacher trained into NaN would make every loss
+        # NaN while training goes on: say which, before the first step.
+        nonfinite.check_finite_inputs(x)
+        inputs = nonfinite.first_batch_inputs(x, batch_size)
+        if inputs is None:
+            return
+        nonfinite.check_finite_inputs(np.asarray(inputs), name="x (its first batch)")
+        nonfinite.check_teachers_finite(self.teachers, inputs)
 
     def _curriculum_dataset(self, x, y, batch_size, shuffle, schedule):
         if isinstance(x, CurriculumDataset):

@@ -150,3 +150,83 @@ def test_bad_label_count_matches_a_hand_count():
     assert float(keras.ops.convert_to_numpy(count.result())) == 4.0
     count.restart()
     assert float(keras.ops.convert_to_numpy(count.result())) == 0.0
+
+
+# --------------------------------------------------------------- non-finite values
+
+
+def test_a_nan_pixel_fails_before_the_first_step_naming_x():
+    x = X.copy()
+    x[5, 2] = np.nan
+    distiller = _distiller()
+    with pytest.raises(ValueError, match="`x` holds 1 non-finite values .* the first in example 5"):
+        distiller.fit(x, np.arange(8) % 6, epochs=1, batch_size=4, verbose=0)
+
+
+def test_a_nan_pixel_in_the_first_batch_of_a_dataset_names_x():
+    x = X.copy()
+    x[1, 0] = np.inf
+    with pytest.raises(ValueError, match="`x \\(its first batch\\)` holds 1 non-finite"):
+        _distiller().fit(_NaNBatches(x), epochs=1, verbose=0)
+
+
+class _NaNBatches(_Batches):
+    def __init__(self, x):
+        super().__init__(np.arange(8) % 6)
+        self.x = x
+
+    def __getitem__(self, index):
+        rows = slice(index * self.batch_size, (index + 1) * self.batch_size)
+        return self.x[rows], self.y[rows]
+
+
+def _nan_teacher(num_classes=6, index_of_nan=0):
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(num_classes)])
+    kernel = keras.ops.convert_to_numpy(model.layers[0].kernel).copy()
+    kernel[0, index_of_nan] = np.nan
+    model.layers[0].kernel.assign(kernel)
+    return model
+
+
+def test_a_teacher_with_nan_logits_is_named_before_training():
+    good = keras.Sequential([keras.Input((4,)), keras.layers.Dense(6)])
+    student = keras.Sequential([keras.Input((4,)), keras.layers.Dense(6)])
+    distiller = keras_edu.Distiller(student, [good, _nan_teacher()])
+    distiller.compile(optimizer="sgd")
+    before = keras.ops.convert_to_numpy(student.layers[0].kernel).copy()
+    with pytest.raises(ValueError, match="Teacher 1 \\(classes \\[0, 1, 2, 3, 4, 5\\]\\) returns non-finite logits"):
+        distiller.fit(X, np.arange(8) % 6, epochs=1, batch_size=4, verbose=0)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(student.layers[0].kernel), before)
+
+
+def test_terminate_on_nan_names_the_non_finite_terms(caplog):
+    distiller = _distiller()
+    stopper = keras_edu.nonfinite.TerminateOnNaN()
+    stopper.set_model(distiller)
+    logs = {"loss": np.float32(np.nan), "student_loss": 0.7, "distillation_loss": np.inf}
+    with caplog.at_level("ERROR", logger="keras_edu"):
+        stopper.on_batch_end(3, logs)
+    assert stopper.nonfinite_terms == ["distillation_loss"]
+    assert distiller.stop_training
+    assert "Batch 3" in caplog.text and "non-finite terms: distillation_loss" in caplog.text
+    with pytest.raises(RuntimeError, match="non-finite terms: distillation_loss"):
+        keras_edu.nonfinite.TerminateOnNaN(raise_error=True).on_batch_end(3, logs)
+    stopper.on_batch_end(4, {"loss": 0.5})  # finite: nothing happens
+    assert stopper.nonfinite_terms == ["distillation_loss"]
+
+
+def test_terminate_on_nan_stops_a_fit_whose_teacher_goes_non_finite():
+    # Finite on the first batch, NaN afterwards: caught during training.
+    class LateNaN(keras.layers.Layer):
+        def call(self, x):
+            return keras.ops.where(keras.ops.sum(x) > 2.5, np.nan, 1.0) * x
+
+    teacher = keras.Sequential([keras.Input((4,)), LateNaN(), keras.layers.Dense(6)])
+    x = np.concatenate([np.zeros((4, 4)), np.ones((4, 4))]).astype("float32")
+    distiller = keras_edu.Distiller(keras.Sequential([keras.Input((4,)), keras.layers.Dense(6)]), [teacher])
+    distiller.compile(optimizer="sgd")
+    stopper = keras_edu.nonfinite.TerminateOnNaN()
+    distiller.fit(x, np.arange(8) % 6, epochs=3, batch_size=4, shuffle=False, verbose=0, callbacks=[stopper])
+    assert "distillation_loss" in stopper.nonfinite_terms
+    assert "student_loss" not in stopper.nonfinite_terms
+    assert int(keras.ops.convert_to_numpy(distiller.optimizer.iterations)) == 2
