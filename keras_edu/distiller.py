@@ -904,11 +904,13 @@ class Distiller(keras.Model):
         schedule = next((c for c in callbacks if isinstance(c, GradeCallback)), None)
         if schedule is not None:
             schedule.validate(self, epochs)
-            # Resume in the right grade *before* BackupAndRestore loads the
-            # weights of that grade's student.
-            start = _resumed_epoch(callbacks, initial_epoch)
+            # Take the grade of the weights BackupAndRestore will load
+            # *before* it loads them. A backup written at the end of the
+            # epoch before a boundary holds the old grade's student: resume
+            # there, and the callback then grows it at the boundary exactly
+            # as an uninterrupted run does.
             self.set_grade(
-                schedule.grade_at(start),
+                schedule.grade_at(_backup_epoch(callbacks, initial_epoch)),
                 optimizer_state=schedule.optimizer_state,
             )
         data = self._curriculum_dataset(x, y, batch_size, shuffle, schedule)
@@ -1164,8 +1166,14 @@ def _cross_entropy_on_seen(columns, logits):
     return cross_entropy * seen
 
 
-def _resumed_epoch(callbacks, initial_epoch):
-    """The epoch a `BackupAndRestore` in `callbacks` will resume from."""
+def _backup_epoch(callbacks, initial_epoch):
+    """The epoch whose student a `BackupAndRestore` in `callbacks` holds.
+
+    Keras records the epoch training resumes at and the batches of it
+    already seen: 0 when the backup was written at the end of the epoch
+    before (whose student it then holds), more when written inside it.
+    Without a backup, `initial_epoch`.
+    """
     import json
     import os
 
@@ -1173,9 +1181,11 @@ def _resumed_epoch(callbacks, initial_epoch):
         if isinstance(callback, keras.callbacks.BackupAndRestore):
             path = callback._training_metadata_path
             if os.path.exists(path):
-                # Keras records the epoch training resumes at.
                 with open(path) as f:
-                    return json.load(f)["epoch"]
+                    metadata = json.load(f)
+                epoch = metadata["epoch"]
+                inside = metadata.get("batch", 0) > 0
+                return epoch if inside or epoch == 0 else epoch - 1
     return initial_epoch
 
 

@@ -745,3 +745,106 @@ def test_stratified_batch_size_must_fit_the_groups():
     keras_edu.CurriculumDataset(
         x, y, partition=partition, batch_size=2, order="interleaved"
     )
+
+
+# --------------------------------------------------------------- kills at a grade switch
+
+
+class _StateAtBegin(keras.callbacks.Callback):
+    """The student's weights, the grade and the step count as an epoch begins."""
+
+    def __init__(self):
+        super().__init__()
+        self.state = {}
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.state[epoch] = {
+            "grade": self.model.grade,
+            "weights": _values(self.model.student.weights),
+            "iterations": int(ops.convert_to_numpy(self.model.optimizer.iterations)),
+            "optimizer": len(self.model.optimizer.variables),
+        }
+
+
+def _kill_switch_at(point, monkeypatch):
+    """Makes the first grade switch of a fit raise at `point`."""
+    distiller_class = keras_edu.Distiller
+
+    def after(name):
+        original = getattr(distiller_class, name)
+
+        def killed(self, *args, **kwargs):
+            result = original(self, *args, **kwargs)
+            if self._fit_context is not None:
+                raise RuntimeError(f"killed after {name}")
+            return result
+
+        monkeypatch.setattr(distiller_class, name, killed)
+
+    if point == "decided":
+        original = distiller_class.set_grade
+
+        def killed(self, grade, *args, **kwargs):
+            if self._fit_context is not None and grade != self.grade:
+                raise RuntimeError("killed as the callback decided to grow")
+            return original(self, grade, *args, **kwargs)
+
+        monkeypatch.setattr(distiller_class, "set_grade", killed)
+    elif point == "graph_built":
+        after("_replace_student")
+    elif point == "optimizer_rebuilt":
+        after("_rebuild_optimizer")
+
+
+class _KillBeforeFirstStep(keras.callbacks.Callback):
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise RuntimeError("killed before the first step of the grade")
+
+
+@pytest.mark.parametrize(
+    "point", ["decided", "graph_built", "optimizer_rebuilt", "before_first_step"]
+)
+def test_a_kill_at_any_point_of_a_grade_switch_resumes_like_an_uninterrupted_run(
+    point, tmp_path, monkeypatch
+):
+    x, y = _data(per_class=8)
+    boundaries, switch = [2, 3], 2
+
+    def run(callbacks):
+        keras.utils.set_random_seed(4)
+        distiller = _distiller()
+        distiller.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
+        probe = _StateAtBegin()
+        distiller.fit(
+            x, y, epochs=4, batch_size=8, verbose=0,
+            callbacks=[keras_edu.GradeCallback(boundaries, seed=1), *callbacks, probe],
+        )
+        return distiller, probe
+
+    _, reference = run([])
+    backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
+    with monkeypatch.context() as patch:
+        if point == "before_first_step":
+            kill = [backup, _KillBeforeFirstStep(switch)]
+        else:
+            _kill_switch_at(point, patch)
+            kill = [backup]
+        with pytest.raises(RuntimeError, match="killed"):
+            run(kill)
+    resumed_distiller, resumed = run([keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))])
+    # The resumed fit starts at the switch epoch, in the new grade, with the
+    # uninterrupted run's weights and step count at that epoch.
+    assert min(resumed.state) == switch
+    expected, got = reference.state[switch], resumed.state[switch]
+    assert got["grade"] == expected["grade"] == 2
+    assert got["iterations"] == expected["iterations"]
+    assert got["optimizer"] == expected["optimizer"]
+    assert len(got["weights"]) == len(expected["weights"])
+    for a, b in zip(expected["weights"], got["weights"]):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    assert resumed_distiller.grade == 3
