@@ -848,3 +848,35 @@ def test_a_kill_at_any_point_of_a_grade_switch_resumes_like_an_uninterrupted_run
     for a, b in zip(expected["weights"], got["weights"]):
         np.testing.assert_allclose(a, b, atol=1e-6)
     assert resumed_distiller.grade == 3
+
+
+def test_a_checkpoint_write_killed_mid_curriculum_leaves_the_previous_one_loadable(
+    tmp_path, monkeypatch
+):
+    from keras.src.saving import saving_lib
+
+    x, y = _data(per_class=4)
+    distiller = _distiller()
+    distiller.compile(optimizer="sgd")
+    original = saving_lib._save_model_to_fileobj
+    calls = []
+
+    def dies_on_the_third_write(model, fileobj, weights_format):
+        calls.append(1)
+        if len(calls) == 3:
+            fileobj.write(b"PK\x03\x04 half a zip")
+            raise OSError("killed while writing")
+        return original(model, fileobj, weights_format)
+
+    monkeypatch.setattr(saving_lib, "_save_model_to_fileobj", dies_on_the_third_write)
+    pattern = str(tmp_path / "distiller-{epoch:02d}.keras")
+    with pytest.raises(OSError, match="killed while writing"):
+        distiller.fit(
+            x, y, epochs=4, batch_size=8, verbose=0,
+            callbacks=[keras_edu.GradeCallback([1, 2]), keras.callbacks.ModelCheckpoint(pattern)],
+        )
+    # Epoch 2's checkpoint (grade 2, written after the first switch) loads.
+    restored = keras.saving.load_model(str(tmp_path / "distiller-02.keras"))
+    assert restored.grade == 2
+    with pytest.raises(Exception):
+        keras.saving.load_model(str(tmp_path / "distiller-03.keras"))
