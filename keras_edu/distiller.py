@@ -942,7 +942,11 @@ class Distiller(keras.Model):
         inputs = nonfinite.first_batch_inputs(x, batch_size)
         if inputs is None:
             return
-        nonfinite.check_finite_inputs(np.asarray(inputs), name="x (its first batch)")
+        inputs = np.asarray(inputs)
+        shape = input_shape_of(self._student)
+        if shape is not None and inputs.ndim == len(shape):
+            inputs = inputs[None]  # one example of an unbatched dataset
+        nonfinite.check_finite_inputs(inputs, name="x (its first batch)")
         nonfinite.check_teachers_finite(self.teachers, inputs)
 
     def _curriculum_dataset(self, x, y, batch_size, shuffle, schedule):

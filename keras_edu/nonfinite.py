@@ -53,7 +53,16 @@ def check_finite_inputs(x, name="x"):
 
 
 def first_batch_inputs(x, batch_size):
-    """The inputs of the first batch `fit` will see, or None if not cheap to get."""
+    """The inputs of the first batch `fit` will see, or None if not cheap to get.
+
+    A `keras_edu.CurriculumDataset` is left alone (reading its batch would
+    move a `tf.data` source's streams); an unbatched `tf.data.Dataset`
+    gives its first example, without a batch axis.
+    """
+    from keras_edu.curriculum import CurriculumDataset
+
+    if isinstance(x, CurriculumDataset):
+        return None
     if isinstance(x, np.ndarray):
         return x[: batch_size or 32]
     if isinstance(x, keras.utils.PyDataset):
@@ -68,9 +77,9 @@ def first_batch_inputs(x, batch_size):
         inputs = element[0] if isinstance(element, tuple) else element
         if not isinstance(inputs, tf.Tensor):
             return None
-        inputs = inputs.numpy()
-        # An unbatched dataset yields one example.
-        return inputs if inputs.ndim > len(x.element_spec[0].shape) - 1 else inputs[None]
+        # One example when the dataset is unbatched: the caller, who knows
+        # the model's input rank, adds the batch axis.
+        return inputs.numpy()
     return None
 
 

@@ -230,3 +230,17 @@ def test_terminate_on_nan_stops_a_fit_whose_teacher_goes_non_finite():
     assert "distillation_loss" in stopper.nonfinite_terms
     assert "student_loss" not in stopper.nonfinite_terms
     assert int(keras.ops.convert_to_numpy(distiller.optimizer.iterations)) == 2
+
+
+def test_the_first_batch_of_an_unbatched_dataset_is_checked_as_one_example():
+    tf = pytest.importorskip("tensorflow")
+    from keras_edu.nonfinite import first_batch_inputs
+
+    dataset = tf.data.Dataset.from_tensor_slices((X, np.arange(8) % 6))
+    assert first_batch_inputs(dataset, None).shape == (4,)
+    assert first_batch_inputs(dataset.batch(3), None).shape == (3, 4)
+    bad = _nan_teacher()
+    distiller = keras_edu.Distiller(keras.Sequential([keras.Input((4,)), keras.layers.Dense(6)]), [bad])
+    distiller.compile(optimizer="sgd")
+    with pytest.raises(ValueError, match="Teacher 0 .* non-finite logits"):
+        distiller.fit(dataset.batch(4), epochs=1, verbose=0)
