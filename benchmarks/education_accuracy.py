@@ -36,6 +36,9 @@ schedule setting of the issue "Education distillation that pays":
     +carry    GradeCallback(optimizer_state="carry")
     +full     the full teacher also teaches, over every class seen so far,
               beside the specialists (Distiller(generalists_teach="seen"))
+    +retire   with +full: the specialists stop teaching at the last grade,
+              where the full teacher alone teaches every class
+              (Distiller(specialists_until_grade=num_groups - 1))
 
 e.g. `--methods ed_stratified+restart+zero`. `ed_faithful` is
 `GradeCallback.faithful(...)` (the reference code's switch, sequential
@@ -80,7 +83,7 @@ METHODS = (
     "scratch", "kd", "ed_stratified", "ed_interleaved", "ed_sequential", "ed_init_head",
     "ed_faithful", "aver", "amtml", "ed_amtml",
 )
-ED_OPTIONS = ("restart", "zero", "head", "carry", "full")
+ED_OPTIONS = ("restart", "zero", "head", "carry", "full", "retire")
 # Methods that also learn from the second full teacher.
 TWO_TEACHER_METHODS = ("aver", "amtml", "ed_amtml")
 # AMTML hints: (student stage, full teacher, teacher layer). Teacher 0 is the
@@ -289,7 +292,10 @@ def run(method, seed, args, data, teachers):
             )
         elif "+full" in method:
             model = keras_edu.Distiller(
-                graded, specialists + [teachers["full"]], generalists_teach="seen"
+                graded, specialists + [teachers["full"]], generalists_teach="seen",
+                specialists_until_grade=(
+                    partition.num_groups - 1 if "+retire" in method else None
+                ),
             )
         else:
             model = keras_edu.Distiller(graded, specialists)

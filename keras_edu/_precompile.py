@@ -160,6 +160,7 @@ def _shadow_at(distiller, grade, compile_config, data):
         loss=distiller.distillation_term,
         grade=distiller.grade,
         generalists_teach=distiller.generalists_teach,
+        specialists_until_grade=distiller.specialists_until_grade,
     )
     # The same path as the real switch, so variables are tracked in the
     # same order.

@@ -87,6 +87,12 @@ class Distiller(keras.Model):
             group's specialists (an example's distillation loss is then the
             mean of its specialists' term and the generalists' term), so the
             student also learns how the groups differ. Not with `AMTML`.
+        specialists_until_grade: With a `GradedStudent`, the last grade at
+            which the specialists (teachers of one group) teach; from the
+            next grade on only the generalists do, so each example costs one
+            teacher pass fewer. `None` (default): the specialists teach at
+            every grade. Needs a generalist among the teachers. Not with
+            `AMTML`.
         name: The model's name.
 
     Example:
@@ -123,6 +129,7 @@ class Distiller(keras.Model):
         loss=None,
         grade=1,
         generalists_teach="group",
+        specialists_until_grade=None,
         name="distiller",
         **kwargs,
     ):
@@ -151,6 +158,9 @@ class Distiller(keras.Model):
         _check_teachers_match_student(self.teachers, self._student, self.num_classes)
         teacher_classes = [t.classes for t in self.teachers]
         self._routing = TeacherRouting(teacher_classes, self.num_classes)
+        self.specialists_until_grade = self._check_specialists_until_grade(
+            specialists_until_grade
+        )
         if self.graded_student is not None:
             check_curriculum_teachers(self.graded_student.partition, teacher_classes)
             self._grade_routing = self._route_grade(grade)
@@ -540,14 +550,56 @@ class Distiller(keras.Model):
 
     def _route_grade(self, grade):
         teacher_classes = [t.classes for t in self.teachers]
-        every_class = set(range(self.num_classes))
-        seen_teachers = [
-            k for k, classes in enumerate(teacher_classes)
-            if self.generalists_teach == "seen" and set(classes) == every_class
-        ]
+        generalists = self._generalists()
+        seen_teachers = generalists if self.generalists_teach == "seen" else []
+        retired = []
+        until = self.specialists_until_grade
+        if until is not None and grade > until:
+            retired = [k for k in range(len(teacher_classes)) if k not in generalists]
         return GradeRouting(
-            self.graded_student.partition, grade, teacher_classes, seen_teachers
+            self.graded_student.partition,
+            grade,
+            teacher_classes,
+            seen_teachers,
+            retired_teachers=retired,
         )
+
+    def _generalists(self):
+        """Indices of the teachers that cover every class."""
+        every_class = set(range(self.num_classes))
+        return [
+            k for k, t in enumerate(self.teachers) if set(t.classes) == every_class
+        ]
+
+    def _check_specialists_until_grade(self, value):
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(
+                "`specialists_until_grade` must be `None` or a grade >= 1. "
+                f"Received: specialists_until_grade={value!r}."
+            )
+        if self.graded_student is None:
+            raise ValueError(
+                "`specialists_until_grade` needs a student that grows in grades "
+                "(a `keras_edu.GradedStudent`); a plain student has no grades. "
+                f"Received: specialists_until_grade={value!r}."
+            )
+        if value < self.graded_student.partition.num_groups and not self._generalists():
+            raise ValueError(
+                f"`specialists_until_grade={value}` leaves grades "
+                f"{value + 1}..{self.graded_student.partition.num_groups} with no "
+                "teacher: it retires the specialists, and no teacher covers every "
+                "class. Add a generalist teacher or pass "
+                "`specialists_until_grade=None`."
+            )
+        if isinstance(self.distillation_term, AMTML):
+            raise ValueError(
+                "`specialists_until_grade` is not supported with an AMTML loss "
+                "(AMTML mixes each group's specialists with the generalists). "
+                "Pass `specialists_until_grade=None`."
+            )
+        return int(value)
 
     def _with_seen_class_teachers(self, x, logits, per_example, taught):
         """Adds the generalists' term over all seen classes (`"seen"`).
@@ -991,6 +1043,7 @@ class Distiller(keras.Model):
                 "alpha": self.alpha,
                 "temperature": self.temperature,
                 "generalists_teach": self.generalists_teach,
+                "specialists_until_grade": self.specialists_until_grade,
                 "loss": keras.saving.serialize_keras_object(
                     self.distillation_term
                 ),

@@ -90,9 +90,13 @@ class GradeRouting:
         teacher_classes: One tuple of global class ids per teacher.
         seen_teachers: Indices of teachers that teach every seen class on
             every example (`seen_branch`) instead of a group's classes.
+        retired_teachers: Indices of teachers that do not teach at this
+            grade.
     """
 
-    def __init__(self, partition, grade, teacher_classes, seen_teachers=()):
+    def __init__(
+        self, partition, grade, teacher_classes, seen_teachers=(), retired_teachers=()
+    ):
         self.grade = grade
         self.seen_classes = partition.classes_up_to(grade)
         # label_to_column[c] is class c's logit at this grade, -1 if unseen.
@@ -105,7 +109,9 @@ class GradeRouting:
         )
         self.branches = []
         for group in partition.groups[:grade]:
-            members = _members_covering(group, teacher_classes, skip=seen_teachers)
+            members = _members_covering(
+                group, teacher_classes, skip=set(seen_teachers) | set(retired_teachers)
+            )
             self.branches.append(
                 GroupBranch(self.label_to_column[group], members)
             )

@@ -419,3 +419,94 @@ def test_generalist_over_seen_classes_trains_through_grade_switches():
     )
     assert history.history["grade"] == [1, 2, 3]
     assert all(np.isfinite(history.history["distillation_loss"]))
+
+
+# --------------------------------------------------------------- retiring the specialists
+
+
+def test_retired_specialists_leave_the_generalists_term_alone():
+    keras.utils.set_random_seed(5)
+    teachers = _specialists() + [_generalist()]
+    distiller = keras_edu.Distiller(
+        _resnet_student(), teachers, generalists_teach="seen",
+        specialists_until_grade=1, alpha=0.3, temperature=4.0,
+    )
+    assert [k for k, _ in distiller._grade_routing.branches[0].members] == [0]
+    distiller.set_grade(2)  # classes 0..3 seen, specialists retired
+    assert [b.members for b in distiller._grade_routing.branches] == [[], []]
+    x, y = _data(per_class=3)
+    x, y = x[y < 4], y[y < 4]
+    distiller._blocks = (6, 6)
+    logits = distiller.student(x, training=False)
+    loss = distiller.compute_loss(x, ops.convert_to_tensor(y), logits, training=True)
+
+    z = ops.convert_to_numpy(logits).astype("float64")
+    cross_entropy = -np.log(_softmax(z))[np.arange(len(y)), y].mean()
+    general = ops.convert_to_numpy(teachers[3].model(x)).astype("float64")[:, :4]
+    kd = _kl(general, z, 4.0).mean()  # the generalist alone, on every example
+    expected = 0.3 * cross_entropy + 0.7 * kd
+    np.testing.assert_allclose(float(ops.convert_to_numpy(loss)), expected, rtol=1e-5)
+
+
+def test_retired_specialists_hand_their_groups_to_a_group_generalist():
+    teachers = _specialists() + [_generalist()]
+    distiller = keras_edu.Distiller(
+        _resnet_student(), teachers, specialists_until_grade=2
+    )
+    distiller.set_grade(2)
+    assert [[k for k, _ in b.members] for b in distiller._grade_routing.branches] == [
+        [0, 3], [1, 3],
+    ]
+    distiller.set_grade(3)
+    assert [[k for k, _ in b.members] for b in distiller._grade_routing.branches] == [
+        [3], [3], [3],
+    ]
+    restored = keras_edu.Distiller.from_config(distiller.get_config())
+    assert restored.specialists_until_grade == 2
+
+
+def test_retired_specialists_cost_one_teacher_pass_fewer():
+    teachers = _specialists() + [_generalist()]
+    x, y = _data()
+    costs = {}
+    for until in (None, 1):
+        distiller = keras_edu.Distiller(
+            _resnet_student(), teachers, generalists_teach="seen",
+            specialists_until_grade=until,
+        )
+        distiller.compile(optimizer="sgd")
+        cost = keras_edu.cost.TrainingCost(batch_size=8)
+        history = distiller.fit(
+            x, y, epochs=3, batch_size=8, verbose=0,
+            callbacks=[keras_edu.GradeCallback([1, 2]), cost],
+        )
+        assert np.all(np.isfinite(history.history["distillation_loss"]))
+        last_epoch = np.diff(history.history["train_cost"])[-1]
+        costs[until] = last_epoch / (cost.params["steps"] * 8)
+    # Grade 3: every example had its specialist's pass beside the generalist's.
+    specialist = keras_edu.cost.forward_flops(teachers[0])
+    np.testing.assert_allclose(costs[None] - costs[1], specialist, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"specialists_until_grade": 0}, "grade >= 1"),
+        ({"specialists_until_grade": True}, "grade >= 1"),
+        ({"specialists_until_grade": 1, "teachers": "specialists"}, "no teacher"),
+        ({"specialists_until_grade": 1, "loss": "amtml"}, "AMTML"),
+        ({"specialists_until_grade": 1, "student": "plain"}, "GradedStudent"),
+    ],
+)
+def test_specialists_until_grade_rejects_what_cannot_work(kwargs, match):
+    kwargs = dict(kwargs)
+    teachers = _specialists()
+    if kwargs.pop("teachers", None) is None:
+        teachers = teachers + [_generalist()]
+    student = _resnet_student()
+    if kwargs.pop("student", None) == "plain":
+        student, teachers = student.graduate(), [_generalist()]
+    if kwargs.pop("loss", None) == "amtml":
+        kwargs["loss"] = keras_edu.losses.AMTML()
+    with pytest.raises(ValueError, match=match):
+        keras_edu.Distiller(student, teachers, **kwargs)
