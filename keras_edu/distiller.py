@@ -13,6 +13,7 @@ from keras_edu.feature_taps import last_feature_layer
 from keras_edu.graded_student import GradedStudent
 from keras_edu.label_checks import BadLabelCount
 from keras_edu.label_checks import StopOnBadLabels
+from keras_edu.label_checks import check_input_array
 from keras_edu.label_checks import check_labels
 from keras_edu.losses.amtml import AMTML
 from keras_edu.losses.soft_target_kd import SoftTargetKD
@@ -935,13 +936,17 @@ class Distiller(keras.Model):
         NumPy (or list) labels are checked before the first step
         (`keras_edu.label_checks.check_labels`): a label outside the
         student's classes, a non-integer sparse label or a one-hot row that
-        is not a distribution raises a ValueError naming `y`. NumPy inputs
-        with NaN or Inf, and a teacher whose logits on the first batch are
+        is not a distribution raises a ValueError naming `y`. A NumPy `x`
+        whose dtype, example shape or length does not fit the student and
+        `y` raises one naming `x`
+        (`keras_edu.label_checks.check_input_array`); NumPy inputs with NaN
+        or Inf, and a teacher whose logits on the first batch are
         not finite, raise a ValueError naming `x` or the teacher
         (`keras_edu.nonfinite`).
         """
         if isinstance(y, (np.ndarray, list)):
             check_labels(y, self.num_classes)
+        check_input_array(x, input_shape_of(self._student), y)
         self._check_finite_before_training(x, batch_size)
         if self.graded_student is None:
             callbacks = list(callbacks or []) + [StopOnBadLabels(self.label_check)]

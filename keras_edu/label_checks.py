@@ -1,4 +1,4 @@
-"""Checks of the labels given to `fit`, in NumPy, before any compute is spent.
+"""Checks of the labels (and arrays) given to `fit`, before any compute is spent.
 
 Out-of-range labels fail deep in a graph trace on TensorFlow, as an
 IndexError on PyTorch, and train silently on JAX (its gather clamps the
@@ -10,13 +10,76 @@ Labels that arrive batch by batch (a `tf.data.Dataset`, a `PyDataset`, a
 generator) are counted inside the compiled step instead, by
 `BadLabelCount`, and `Distiller.fit` raises at the end of the first epoch
 that saw one.
+
+`check_input_array` does the same for a NumPy `x`: its dtype, its
+example shape against the student's input, and its length against `y`'s,
+so a wrong array gets one message naming `x` instead of a different
+backend error on each backend.
 """
 
 import keras
 import numpy as np
 from keras import ops
 
-__all__ = ["BadLabelCount", "check_labels"]
+__all__ = ["BadLabelCount", "check_input_array", "check_labels"]
+
+
+def check_input_array(x, input_shape, y=None, name="x"):
+    """Raises a ValueError naming `name` unless `x` fits a model's input.
+
+    Anything but a NumPy array (a dataset, a dict of inputs) is left alone.
+
+    Args:
+        x: The inputs given to `fit`.
+        input_shape: The model's input shape without the batch axis
+            (`None` entries match any size), or `None` to skip the shape.
+        y: The labels given with `x`, if any, to compare lengths.
+        name: The argument's name in the messages.
+
+    Example:
+
+    ```python
+    import numpy as np
+    from keras_edu.label_checks import check_input_array
+
+    try:
+        check_input_array(np.zeros((8, 5), "float32"), (4,))
+    except ValueError as error:
+        print(error)  # `x` holds examples of shape (5,), but the model takes (4,) ...
+    ```
+    """
+    if not isinstance(x, np.ndarray):
+        return
+    if x.dtype.kind not in "biuf":
+        raise ValueError(
+            f"`{name}` must hold numbers (a float or integer array); received "
+            f"dtype {x.dtype}. Decode or encode the inputs (e.g. images as "
+            "float32) before `fit`."
+        )
+    if input_shape is not None and not _shape_fits(x.shape[1:], input_shape):
+        raise ValueError(
+            f"`{name}` holds examples of shape {tuple(x.shape[1:])} (array "
+            f"shape {tuple(x.shape)}), but the model takes "
+            f"{_shape_text(input_shape)}. Reshape `{name}` (e.g. add the "
+            "channel axis with `x[..., None]`) or build the model for this shape."
+        )
+    if y is not None and np.ndim(y) > 0 and len(y) != len(x):
+        raise ValueError(
+            f"`{name}` has {len(x)} examples but `y` has {len(y)} labels; "
+            "give one label per example."
+        )
+
+
+def _shape_fits(shape, expected):
+    return len(shape) == len(expected) and all(
+        e is None or s == e for s, e in zip(shape, expected)
+    )
+
+
+def _shape_text(shape):
+    return "(" + ", ".join("any" if s is None else str(s) for s in shape) + (
+        ",)" if len(shape) == 1 else ")"
+    )
 
 
 def check_labels(y, num_classes, name="y"):

@@ -5,7 +5,9 @@ on; a teacher trained into NaN does the same. `Distiller.fit` checks
 NumPy inputs for non-finite values and runs every teacher on the first
 batch before training, so both fail at once with a ValueError that names
 `x` or the teacher. During training, `TerminateOnNaN` stops at the first
-non-finite loss and names the logged terms that went non-finite.
+non-finite loss and names the logged terms that went non-finite and, given
+the training inputs, the teacher that produced them
+(`find_nonfinite_teachers`).
 """
 
 import logging
@@ -14,7 +16,12 @@ import keras
 import numpy as np
 from keras import ops
 
-__all__ = ["TerminateOnNaN", "check_finite_inputs", "check_teachers_finite"]
+__all__ = [
+    "TerminateOnNaN",
+    "check_finite_inputs",
+    "check_teachers_finite",
+    "find_nonfinite_teachers",
+]
 
 logger = logging.getLogger("keras_edu")
 
@@ -102,6 +109,56 @@ def check_teachers_finite(teachers, x):
             )
 
 
+def find_nonfinite_teachers(teachers, x, batch_size=256):
+    """Runs every teacher over `x`; returns where each first gives NaN/Inf logits.
+
+    A frozen teacher whose logits were finite on the first batch can still
+    overflow on some later input. This scan finds which teacher and on
+    which example; `TerminateOnNaN(data=x)` runs it when a teacher's term
+    goes non-finite.
+
+    Args:
+        teachers: `keras_edu.Teacher`s (or models), in the Distiller's order.
+        x: The inputs: a NumPy array, or an iterable of batches (a batched
+            `tf.data.Dataset` of inputs or of `(inputs, labels)` pairs).
+        batch_size: Examples per teacher pass when `x` is an array.
+
+    Returns:
+        A dict `{teacher index: index of the first example}` holding the
+        teachers with non-finite logits only; empty when all are finite.
+
+    Example:
+
+    ```python
+    import keras, numpy as np
+    from keras_edu.nonfinite import find_nonfinite_teachers
+
+    teacher = keras.Sequential(
+        [keras.Input((2,)), keras.layers.Lambda(lambda t: keras.ops.sqrt(t))]
+    )
+    x = np.ones((6, 2), "float32"); x[4] = -1.0
+    find_nonfinite_teachers([teacher], x, batch_size=4)  # {0: 4}
+    ```
+    """
+    if isinstance(x, np.ndarray):
+        batches = (x[i : i + batch_size] for i in range(0, len(x), batch_size))
+    else:
+        batches = (b[0] if isinstance(b, (tuple, list)) else b for b in x)
+    found, seen = {}, 0
+    for batch in batches:
+        for index, teacher in enumerate(teachers):
+            if index in found:
+                continue
+            logits = ops.convert_to_numpy(teacher(batch))
+            rows = np.isfinite(logits.reshape(len(logits), -1)).all(axis=1)
+            if not rows.all():
+                found[index] = seen + int(np.argmin(rows))
+        seen += len(ops.convert_to_numpy(keras.tree.flatten(batch)[0]))
+        if len(found) == len(teachers):
+            break
+    return found
+
+
 class TerminateOnNaN(keras.callbacks.TerminateOnNaN):
     """Stops training at a non-finite loss and names the terms that went non-finite.
 
@@ -111,8 +168,19 @@ class TerminateOnNaN(keras.callbacks.TerminateOnNaN):
     be found: a non-finite `student_loss` alone points at the inputs or the
     student, a non-finite `distillation_loss` at a teacher. The terms are
     the epoch's running means, so a term that went non-finite at any step
-    shows. Pass `raise_error=True` to raise a RuntimeError (with the same
-    message) instead of stopping.
+    shows.
+
+    When a teacher's term is non-finite and the student's is not, the
+    message names the teacher: given the training inputs (`data`), the
+    callback runs every teacher over them (`find_nonfinite_teachers`) and
+    says which one gives non-finite logits and on which example.
+
+    Args:
+        raise_error: Raise a RuntimeError (with the same message) instead
+            of stopping.
+        data: The training inputs (a NumPy array or batched dataset), to
+            find the teacher at fault. `None` (default): name the terms
+            only.
 
     Example:
 
@@ -123,9 +191,13 @@ class TerminateOnNaN(keras.callbacks.TerminateOnNaN):
     ```
     """
 
-    def __init__(self, raise_error=False):
+    def __init__(self, raise_error=False, data=None):
         super().__init__(raise_error=raise_error)
+        self.data = data
         self.nonfinite_terms = []
+        self.nonfinite_teachers = {}
+        # The message of the stop, or None while every loss was finite.
+        self.message = None
 
     def on_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
@@ -141,11 +213,39 @@ class TerminateOnNaN(keras.callbacks.TerminateOnNaN):
             f"Batch {batch}: the loss is {float(loss)}; non-finite terms: {terms}. "
             "A non-finite student_loss points at the inputs or the student, a "
             "non-finite distillation term at a teacher or the temperature."
-        )
+        ) + self._teacher_at_fault()
+        self.message = message
         if self.raise_error:
             raise RuntimeError(message)
         logger.error("%s Terminating training.", message)
         self.model.stop_training = True
+
+    def _teacher_at_fault(self):
+        teachers = getattr(self.model, "teachers", None)
+        if (
+            not teachers
+            or "student_loss" in self.nonfinite_terms
+            or not self.nonfinite_terms
+        ):
+            return ""
+        if self.data is None:
+            return (
+                " Pass the training inputs as `TerminateOnNaN(data=x)` to "
+                "find which teacher."
+            )
+        self.nonfinite_teachers = find_nonfinite_teachers(teachers, self.data)
+        if not self.nonfinite_teachers:
+            return " Every teacher's logits are finite on `data`."
+        return "".join(
+            f" Teacher {k} (classes {_short(teachers[k].classes)}) returns "
+            f"non-finite logits, first on example {row} of `data`."
+            for k, row in sorted(self.nonfinite_teachers.items())
+        )
+
+
+def _short(classes, limit=12):
+    classes = list(classes)
+    return str(classes) if len(classes) <= limit else f"{classes[:limit]}..."
 
 
 def _is_scalar(value):

@@ -463,7 +463,8 @@ def distill(data, options, settings, student_path):
         distiller.compile(
             optimizer=training.make_optimizer(settings), metrics=["accuracy"]
         )
-        callbacks = [evaluator, *training.schedule_callbacks(settings)]
+        guard = training.nan_guard(data, settings)
+        callbacks = [evaluator, guard, *training.schedule_callbacks(settings)]
         if graded:
             callbacks.append(
                 keras_edu.GradeCallback(
@@ -481,6 +482,7 @@ def distill(data, options, settings, student_path):
             callbacks=callbacks,
             **inputs,
         )
+        training.raise_if_stopped_on_nan(guard)
         student = distiller.graduate()
     student.save(student_path)
     results = results_dict(

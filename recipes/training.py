@@ -16,6 +16,7 @@ from absl import logging
 import keras
 import numpy as np
 
+import keras_edu
 from cli import RecipeError
 from cli import int_list
 from data_loading import fit_inputs
@@ -255,6 +256,21 @@ def schedule_callbacks(settings):
     ]
 
 
+def nan_guard(data, settings):
+    """`keras_edu.nonfinite.TerminateOnNaN` over the training inputs.
+
+    It stops at the first non-finite loss and names the term (and, for a
+    distiller, the teacher) at fault; `raise_if_stopped_on_nan` then turns
+    the stop into a recipe error, so no NaN student is saved or scored.
+    """
+    return keras_edu.nonfinite.TerminateOnNaN(data=fit_inputs(data, settings)["x"])
+
+
+def raise_if_stopped_on_nan(guard):
+    if guard.message is not None:
+        raise RecipeError(f"Training stopped at a non-finite loss. {guard.message}")
+
+
 # -------------------------------------------------------- fit and score
 
 
@@ -334,10 +350,12 @@ def fit_plain(model, data, settings, source=None, arrays=None, callbacks=()):
         metrics=["accuracy"],
     )
     timer = EpochTimer()
+    guard = keras_edu.nonfinite.TerminateOnNaN()
     model.fit(
         epochs=settings.epochs,
         verbose=settings.verbose,
-        callbacks=[timer, *schedule_callbacks(settings), *callbacks],
+        callbacks=[timer, guard, *schedule_callbacks(settings), *callbacks],
         **fit_inputs(data, settings, source, arrays),
     )
+    raise_if_stopped_on_nan(guard)
     return timer.seconds

@@ -215,21 +215,48 @@ def test_terminate_on_nan_names_the_non_finite_terms(caplog):
     assert stopper.nonfinite_terms == ["distillation_loss"]
 
 
-def test_terminate_on_nan_stops_a_fit_whose_teacher_goes_non_finite():
-    # Finite on the first batch, NaN afterwards: caught during training.
-    class LateNaN(keras.layers.Layer):
-        def call(self, x):
-            return keras.ops.where(keras.ops.sum(x) > 2.5, np.nan, 1.0) * x
+class _LateNaN(keras.layers.Layer):
+    # Finite on the first batch (zeros), NaN on the rows of ones.
+    def call(self, x):
+        return keras.ops.where(keras.ops.sum(x, axis=1, keepdims=True) > 2.5, np.nan, 1.0) * x
 
-    teacher = keras.Sequential([keras.Input((4,)), LateNaN(), keras.layers.Dense(6)])
+
+@pytest.mark.parametrize("with_data", [False, True])
+def test_terminate_on_nan_names_the_teacher_that_goes_non_finite(with_data, caplog):
+    good = keras.Sequential([keras.Input((4,)), keras.layers.Dense(6)])
+    late = keras.Sequential([keras.Input((4,)), _LateNaN(), keras.layers.Dense(6)])
     x = np.concatenate([np.zeros((4, 4)), np.ones((4, 4))]).astype("float32")
-    distiller = keras_edu.Distiller(keras.Sequential([keras.Input((4,)), keras.layers.Dense(6)]), [teacher])
+    student = keras.Sequential([keras.Input((4,)), keras.layers.Dense(6)])
+    distiller = keras_edu.Distiller(student, [good, late])
     distiller.compile(optimizer="sgd")
-    stopper = keras_edu.nonfinite.TerminateOnNaN()
-    distiller.fit(x, np.arange(8) % 6, epochs=3, batch_size=4, shuffle=False, verbose=0, callbacks=[stopper])
+    stopper = keras_edu.nonfinite.TerminateOnNaN(data=x if with_data else None)
+    with caplog.at_level("ERROR", logger="keras_edu"):
+        distiller.fit(
+            x, np.arange(8) % 6, epochs=3, batch_size=4, shuffle=False,
+            verbose=0, callbacks=[stopper],
+        )
     assert "distillation_loss" in stopper.nonfinite_terms
     assert "student_loss" not in stopper.nonfinite_terms
     assert int(keras.ops.convert_to_numpy(distiller.optimizer.iterations)) == 2
+    if with_data:
+        assert stopper.nonfinite_teachers == {1: 4}
+        assert "Teacher 1 (classes [0, 1, 2, 3, 4, 5]) returns non-finite logits, first on example 4" in caplog.text
+    else:
+        assert "TerminateOnNaN(data=x)" in caplog.text
+
+
+def test_find_nonfinite_teachers_scans_arrays_and_batched_datasets():
+    tf = pytest.importorskip("tensorflow")
+    from keras_edu.nonfinite import find_nonfinite_teachers
+
+    good = keras.Sequential([keras.Input((4,)), keras.layers.Dense(6)])
+    late = keras.Sequential([keras.Input((4,)), _LateNaN(), keras.layers.Dense(6)])
+    x = np.zeros((10, 4), "float32")
+    x[7] = 1.0
+    assert find_nonfinite_teachers([good, late], x, batch_size=3) == {1: 7}
+    batches = tf.data.Dataset.from_tensor_slices((x, np.zeros(10))).batch(4)
+    assert find_nonfinite_teachers([good, late], batches) == {1: 7}
+    assert find_nonfinite_teachers([good], x) == {}
 
 
 def test_the_first_batch_of_an_unbatched_dataset_is_checked_as_one_example():

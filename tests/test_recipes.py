@@ -368,6 +368,23 @@ def test_kd_refuses_a_specialist(fmnist, teachers, tmp_path):
         )
 
 
+@pytest.mark.parametrize("method", ["scratch", "kd"])
+def test_a_diverging_run_stops_with_the_term_named_and_saves_nothing(
+    fmnist, teachers, tmp_path, method
+):
+    args = distill_args(
+        fmnist, tmp_path, method, f"--teachers={teachers['full']}", "--lr=1e30"
+    )
+    with pytest.raises(common.RecipeError, match="Training stopped at a non-finite loss") as error:
+        distill.run(args)
+    if method == "kd":
+        # A diverging student: its own term, not the teacher's, is named.
+        assert "student_loss" in str(error.value)
+        assert "Teacher 0" not in str(error.value)
+    assert not os.path.exists(tmp_path / f"{method}.json")
+    assert not os.path.exists(tmp_path / f"{method}.keras")
+
+
 def test_ed_boundaries_must_fit_grades_and_epochs(fmnist, teachers, tmp_path):
     args = distill_args(
         fmnist, tmp_path, "ed", f"--teachers={teachers['manifest']}"
