@@ -118,6 +118,23 @@ def define_flags(flag_values):
         "keras_edu.CurriculumDataset).",
         flag_values=flag_values,
     )
+    flags.DEFINE_enum(
+        "generalists_teach",
+        "seen",
+        ["seen", "group"],
+        "ed: what a full teacher among --teachers teaches beside the "
+        "specialists: every class seen at the current grade (seen, the "
+        "measured best: docs/results.md) or each example's group only.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_bool(
+        "retire_specialists",
+        True,
+        "ed with a full teacher and --generalists_teach=seen: the "
+        "specialists stop teaching at the last grade, where the full "
+        "teacher covers every class (as good, one teacher pass cheaper).",
+        flag_values=flag_values,
+    )
     flags.DEFINE_string(
         "results",
         "runs/distill.json",
@@ -149,6 +166,12 @@ class DistillOptions:
         boundaries: Epochs at which grades 2, 3, ... start (see
             `check_boundaries`).
         order: The curriculum's batch layout (`ed`/`ed_amtml`).
+        generalists_teach: `ed`: what a full teacher among `teachers`
+            teaches (`keras_edu.Distiller`'s argument): "seen" (every class
+            seen at the grade, on every example) or "group".
+        retire_specialists: `ed` with a full teacher teaching "seen": the
+            specialists stop after the last-but-one grade, so the last
+            grade runs one teacher (`specialists_until_grade`).
     """
 
     method: str
@@ -159,6 +182,8 @@ class DistillOptions:
     temperature: float = 4.0
     boundaries: tuple = ()
     order: str = DEFAULT_ORDER
+    generalists_teach: str = "seen"
+    retire_specialists: bool = True
 
     def __post_init__(self):
         check_method(self.method)
@@ -459,6 +484,7 @@ def distill(data, options, settings, student_path):
             alpha=options.alpha,
             temperature=options.temperature,
             loss=keras_edu.losses.AMTML() if method in AMTML_METHODS else None,
+            **education_routing(options),
         )
         distiller.compile(
             optimizer=training.make_optimizer(settings), metrics=["accuracy"]
@@ -492,6 +518,23 @@ def distill(data, options, settings, student_path):
         results, distiller if method == "amtml" else None, data, student_path
     )
     return results
+
+
+def education_routing(options):
+    """The Distiller's `generalists_teach` and `specialists_until_grade`.
+
+    Only `ed` routes a full teacher over the seen classes (AMTML mixes each
+    group's teachers itself), and only when one of the teachers is full.
+    """
+    every_class = set(range(options.partition.num_classes))
+    full = any(set(t.classes) == every_class for t, _ in options.teachers)
+    if options.method != "ed" or not full:
+        return {}
+    routing = {"generalists_teach": options.generalists_teach}
+    groups = options.partition.num_groups
+    if options.generalists_teach == "seen" and options.retire_specialists and groups > 1:
+        routing["specialists_until_grade"] = groups - 1
+    return routing
 
 
 def save_charts(results, amtml_distiller, data, student_path):
@@ -541,6 +584,8 @@ def results_dict(data, options, settings, evaluator, student, path):
         "epochs": settings.epochs,
         "student": options.student,
         "teachers": [info for _, info in options.teachers],
+        # How a full teacher teaches in a curriculum (empty: no such teacher).
+        "education_routing": education_routing(options),
         "partition": options.partition.groups,
         "boundaries": list(options.boundaries),
         "order": options.order if graded else None,
@@ -629,6 +674,8 @@ def body(flag_values):
             boundaries, method, partition, settings.epochs
         ),
         order=flag_values.order,
+        generalists_teach=flag_values.generalists_teach,
+        retire_specialists=flag_values.retire_specialists,
     )
     options.teachers = load_teachers(
         flag_values.teachers, data, method, partition

@@ -16,6 +16,7 @@ import sys
 
 from absl import flags
 import keras
+import keras_edu
 import numpy as np
 import pytest
 
@@ -162,8 +163,18 @@ def check_results(saved, method, test_examples):
         assert saved["grade_by_epoch"] == [1, 2, 3]
         # Grade 1 predicts only group 1: the other groups score 0.
         assert by_epoch[0][1:] == [0.0, 0.0]
-        assert len(saved["teachers"]) == 3
+        classes = [t["classes"] for t in saved["teachers"]]
+        assert classes[:3] == [[0, 1, 2], [3, 4, 5], [6, 7, 8, 9]]
+        # The main job's ED also learns from the full teacher (4th).
+        full = classes[3:] == [list(range(10))]
+        assert full or len(classes) == 3
+        assert saved["education_routing"] == (
+            {"generalists_teach": "seen", "specialists_until_grade": 2}
+            if full
+            else {}
+        )
     else:
+        assert saved["education_routing"] == {}
         assert saved["grade_by_epoch"] is None
 
 
@@ -562,3 +573,32 @@ def test_compilation_cache_keeps_jax_executables(tmp_path, caplog):
         from jax._src import compilation_cache
 
         compilation_cache.reset_cache()
+
+
+def _teacher(classes):
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(len(classes))])
+    return keras_edu.Teacher(model, classes=classes), {}
+
+
+@pytest.mark.parametrize(
+    "method, with_full, overrides, expected",
+    [
+        ("ed", True, {}, {"generalists_teach": "seen", "specialists_until_grade": 2}),
+        ("ed", True, {"retire_specialists": False}, {"generalists_teach": "seen"}),
+        ("ed", True, {"generalists_teach": "group"}, {"generalists_teach": "group"}),
+        ("ed", False, {}, {}),
+        ("ed_amtml", True, {}, {}),
+    ],
+)
+def test_ed_routes_a_full_teacher_over_the_seen_classes_and_retires_the_specialists(
+    method, with_full, overrides, expected
+):
+    partition = keras_edu.ClassPartition.contiguous(6, "1:1:1")
+    teachers = [_teacher(group) for group in partition.groups]
+    if with_full:
+        teachers.append(_teacher(list(range(6))))
+    options = distill.DistillOptions(
+        method=method, student="cnn4", partition=partition, **overrides
+    )
+    options.teachers = teachers
+    assert distill.education_routing(options) == expected
