@@ -944,6 +944,7 @@ class Distiller(keras.Model):
         not finite, raise a ValueError naming `x` or the teacher
         (`keras_edu.nonfinite`).
         """
+        _check_distribution_is_supported()
         if isinstance(y, (np.ndarray, list)):
             check_labels(y, self.num_classes)
         check_input_array(x, input_shape_of(self._student), y)
@@ -1445,3 +1446,16 @@ class _AMTMLWiring:
             return terms
 
         return run
+
+
+def _check_distribution_is_supported():
+    """Refuses a `keras.distribution` on PyTorch, whose trainer ignores it."""
+    if keras.backend.backend() == "torch" and keras.distribution.distribution():
+        raise ValueError(
+            "A keras.distribution is set "
+            f"({keras.distribution.distribution()!r}), but Keras' PyTorch "
+            "trainer runs `fit` on one device and would ignore it. Use the "
+            "JAX backend for data-parallel distillation "
+            "(docs/distributed.md), or call "
+            "`keras.distribution.set_distribution(None)`."
+        )

@@ -1,0 +1,109 @@
+"""Runs one distillation case on 1 device, then under DataParallel on 2 (JAX).
+
+Launched by tests/test_distributed.py in a subprocess, so that
+`XLA_FLAGS=--xla_force_host_platform_device_count=2` is set before JAX starts
+and the rest of the suite keeps one device. Prints one JSON line: the largest
+per-step loss and final-weight differences, and the mesh of every variable.
+"""
+
+import json
+import os
+import sys
+
+os.environ["KERAS_BACKEND"] = "jax"
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+
+import jax  # noqa: E402
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import keras_edu  # noqa: E402
+
+PARTITION = keras_edu.ClassPartition.contiguous(6, "1:1:1")
+
+
+def _stage(filters, strides=1, name=None):
+    return keras.Sequential([
+        keras.layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False),
+        keras.layers.BatchNormalization(),
+        keras.layers.ReLU(),
+    ], name=name)
+
+
+def _teacher(classes):
+    return keras_edu.Teacher(keras.Sequential([
+        keras.Input((8, 8, 1)),
+        keras.layers.Conv2D(4, 3, padding="same"),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(len(classes)),
+    ]), classes=classes)
+
+
+def _student(case):
+    if case == "ed":
+        head = keras.Sequential(
+            [keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(6)], name="head")
+        stages = [_stage(4, name="s1"), _stage(8, 2, name="s2"), _stage(8, 2, name="s3")]
+        return keras_edu.GradedStudent(stages, head, PARTITION, input_shape=(8, 8, 1))
+    return keras.Sequential([
+        keras.Input((8, 8, 1)), _stage(4), keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(6),
+    ])
+
+
+class _Losses(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.values = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.values.append(float(logs["loss"]))
+
+
+def run(case):
+    keras.utils.set_random_seed(0)
+    student = _student(case)
+    if case == "kd":
+        teachers = [_teacher(list(range(6)))]
+    else:
+        teachers = [_teacher(list(g)) for g in PARTITION.groups]
+    distiller = keras_edu.Distiller(student, teachers, alpha=0.5, temperature=2.0)
+    distiller.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(6), 16).astype("int32")
+    x = rng.normal(size=(len(y), 8, 8, 1)).astype("float32") + y[:, None, None, None] * 0.1
+    losses = _Losses()
+    callbacks = [losses]
+    if case == "ed":
+        callbacks.append(keras_edu.GradeCallback(boundaries=[1, 2], seed=0))
+    distiller.fit(x, y, batch_size=24, epochs=3, shuffle=False, verbose=0,
+                  callbacks=callbacks)
+    final = distiller.graduate() if case == "ed" else distiller.student
+    weights = [keras.ops.convert_to_numpy(w) for w in final.weights]
+    meshes = sorted({str(dict(v.value.sharding.mesh.shape))
+                     for v in distiller.trainable_variables + distiller.optimizer.variables
+                     if hasattr(v.value.sharding, "mesh")})
+    teacher_meshes = sorted({str(dict(v.value.sharding.mesh.shape))
+                             for t in teachers for v in t.model.weights
+                             if hasattr(v.value.sharding, "mesh")})
+    return losses.values, weights, meshes, teacher_meshes, distiller.grade
+
+
+def main(case):
+    one, w1, _, _, _ = run(case)
+    keras.distribution.set_distribution(
+        keras.distribution.DataParallel(devices=jax.devices()))
+    two, w2, meshes, teacher_meshes, grade = run(case)
+    print(json.dumps({
+        "devices": len(jax.devices()),
+        "steps": [len(one), len(two)],
+        "loss_diff": float(np.max(np.abs(np.array(one) - np.array(two)))),
+        "weight_diff": float(max(np.max(np.abs(a - b)) for a, b in zip(w1, w2))),
+        "meshes": meshes,
+        "teacher_meshes": teacher_meshes,
+        "grade": grade,
+    }))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

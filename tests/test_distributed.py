@@ -1,0 +1,51 @@
+"""Data-parallel distillation on keras.distribution (JAX), and PyTorch's refusal."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import keras_edu
+
+BACKEND = keras.backend.backend()
+WORKER = os.path.join(os.path.dirname(__file__), "distributed_worker.py")
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="keras.distribution runs on JAX")
+@pytest.mark.parametrize("case", ["kd", "specialists", "ed"])
+def test_data_parallel_on_two_devices_matches_one_device(case):
+    # A subprocess: the 2 virtual devices must exist before JAX starts, and
+    # the rest of the suite keeps one.
+    done = subprocess.run([sys.executable, WORKER, case], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["devices"] == 2
+    assert result["steps"][0] == result["steps"][1] > 0
+    assert result["loss_diff"] < 1e-5
+    assert result["weight_diff"] < 1e-4
+    # The student's (and, for ED, every new grade's) variables, the rebuilt
+    # optimizer's and the teachers' all live on the 2-device mesh.
+    assert result["meshes"] == ["{'batch': 2}"]
+    assert result["teacher_meshes"] == ["{'batch': 2}"]
+    assert result["grade"] == (3 if case == "ed" else None)
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="the PyTorch trainer's refusal")
+def test_torch_refuses_a_distribution_it_would_ignore():
+    student = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    teacher = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    distiller = keras_edu.Distiller(student, [keras_edu.Teacher(teacher)])
+    distiller.compile("sgd")
+    keras.distribution.set_distribution(
+        keras.distribution.DataParallel(devices=["cpu:0", "cpu:1"]))
+    try:
+        with pytest.raises(ValueError, match="PyTorch trainer runs `fit` on one device"):
+            distiller.fit(np.zeros((4, 4), "float32"), np.zeros(4, "int32"), verbose=0)
+    finally:
+        keras.distribution.set_distribution(None)
+    distiller.fit(np.zeros((4, 4), "float32"), np.zeros(4, "int32"), verbose=0)
