@@ -786,7 +786,7 @@ class Distiller(keras.Model):
         # default `Model.compute_loss` adds them.
         for extra in self.losses:
             loss = loss + ops.cast(ops.sum(extra), "float32")
-        return loss
+        return _scale_for_replicas(loss)
 
     def graduate(self):
         """The trained student as a plain Keras model.
@@ -945,6 +945,7 @@ class Distiller(keras.Model):
         (`keras_edu.nonfinite`).
         """
         _check_distribution_is_supported()
+        _check_tf_strategy_is_supported(self.graded_student is not None)
         if isinstance(y, (np.ndarray, list)):
             check_labels(y, self.num_classes)
         check_input_array(x, input_shape_of(self._student), y)
@@ -1446,6 +1447,38 @@ class _AMTMLWiring:
             return terms
 
         return run
+
+
+def _scale_for_replicas(loss):
+    """Divides the loss by the replicas of a `tf.distribute` strategy.
+
+    Keras' TensorFlow trainer sums the replicas' gradients and loss values
+    and expects `compute_loss` to return each replica's share, as its own
+    losses do (`keras.losses.Loss` scales them); without this, training under
+    `MirroredStrategy` on N devices would take N times the step.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return loss
+    import tensorflow as tf
+
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    return loss / replicas if replicas > 1 else loss
+
+
+def _check_tf_strategy_is_supported(graded):
+    if keras.backend.backend() != "tensorflow" or not graded:
+        return
+    import tensorflow as tf
+
+    if tf.distribute.get_strategy().num_replicas_in_sync > 1:
+        raise ValueError(
+            "Education distillation (a GradedStudent) does not run under a "
+            "tf.distribute strategy with several replicas: each replica would "
+            "get a slice of the curriculum's batch, whose rows are laid out per "
+            "class group for the whole batch. Use the JAX backend with "
+            "keras.distribution.DataParallel (docs/distributed.md), or train "
+            "outside the strategy's scope."
+        )
 
 
 def _check_distribution_is_supported():

@@ -1,19 +1,30 @@
-"""Runs one distillation case on 1 device, then under DataParallel on 2 (JAX).
+"""Runs one distillation case on 1 device, then data-parallel on 2.
 
-Launched by tests/test_distributed.py in a subprocess, so that
-`XLA_FLAGS=--xla_force_host_platform_device_count=2` is set before JAX starts
-and the rest of the suite keeps one device. Prints one JSON line: the largest
-per-step loss and final-weight differences, and the mesh of every variable.
+`python distributed_worker.py BACKEND CASE`: on JAX under
+`keras.distribution.DataParallel` over 2 virtual CPU devices
+(`XLA_FLAGS=--xla_force_host_platform_device_count=2`), on TensorFlow under
+`tf.distribute.MirroredStrategy` over 2 logical CPU devices. Launched by
+tests/test_distributed.py in a subprocess, so that the devices exist before
+the framework starts and the rest of the suite keeps one. Prints one JSON
+line: the largest per-step loss and final-weight differences, and where the
+variables live.
 """
 
 import json
 import os
 import sys
 
-os.environ["KERAS_BACKEND"] = "jax"
+BACKEND = sys.argv[1]
+os.environ["KERAS_BACKEND"] = BACKEND
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+if BACKEND == "tensorflow":
+    import tensorflow as tf
 
-import jax  # noqa: E402
+    tf.config.set_logical_device_configuration(
+        tf.config.list_physical_devices("CPU")[0],
+        [tf.config.LogicalDeviceConfiguration()] * 2,
+    )
+
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -25,7 +36,10 @@ PARTITION = keras_edu.ClassPartition.contiguous(6, "1:1:1")
 def _stage(filters, strides=1, name=None):
     return keras.Sequential([
         keras.layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False),
-        keras.layers.BatchNormalization(),
+        # Synchronised on TensorFlow, so that under MirroredStrategy the batch
+        # statistics are the global batch's, as on one device (JAX's SPMD
+        # step computes them over the global batch anyway).
+        keras.layers.BatchNormalization(synchronized=BACKEND == "tensorflow"),
         keras.layers.ReLU(),
     ], name=name)
 
@@ -80,22 +94,40 @@ def run(case):
                   callbacks=callbacks)
     final = distiller.graduate() if case == "ed" else distiller.student
     weights = [keras.ops.convert_to_numpy(w) for w in final.weights]
-    meshes = sorted({str(dict(v.value.sharding.mesh.shape))
-                     for v in distiller.trainable_variables + distiller.optimizer.variables
-                     if hasattr(v.value.sharding, "mesh")})
-    teacher_meshes = sorted({str(dict(v.value.sharding.mesh.shape))
-                             for t in teachers for v in t.model.weights
-                             if hasattr(v.value.sharding, "mesh")})
+    meshes = sorted({_placement(v) for v in
+                     distiller.trainable_variables + distiller.optimizer.variables})
+    teacher_meshes = sorted({_placement(v) for t in teachers for v in t.model.weights})
     return losses.values, weights, meshes, teacher_meshes, distiller.grade
+
+
+def _placement(variable):
+    """'2 devices' for a variable replicated on both devices, else what it is."""
+    if BACKEND == "jax":
+        mesh = getattr(variable.value.sharding, "mesh", None)
+        return f"{mesh.size} devices" if mesh is not None else "1 device"
+    replicas = getattr(variable.value, "values", None)  # a MirroredVariable
+    return f"{len(replicas)} devices" if replicas is not None else "1 device"
 
 
 def main(case):
     one, w1, _, _, _ = run(case)
-    keras.distribution.set_distribution(
-        keras.distribution.DataParallel(devices=jax.devices()))
-    two, w2, meshes, teacher_meshes, grade = run(case)
+    if BACKEND == "jax":
+        import jax
+
+        devices = jax.devices()
+        keras.distribution.set_distribution(
+            keras.distribution.DataParallel(devices=devices))
+        two, w2, meshes, teacher_meshes, grade = run(case)
+    else:
+        devices = tf.config.list_logical_devices("CPU")
+        with tf.distribute.MirroredStrategy([d.name for d in devices]).scope():
+            try:
+                two, w2, meshes, teacher_meshes, grade = run(case)
+            except ValueError as e:  # ED is refused under several replicas.
+                print(json.dumps({"devices": len(devices), "refused": str(e)}))
+                return
     print(json.dumps({
-        "devices": len(jax.devices()),
+        "devices": len(devices),
         "steps": [len(one), len(two)],
         "loss_diff": float(np.max(np.abs(np.array(one) - np.array(two)))),
         "weight_diff": float(max(np.max(np.abs(a - b)) for a, b in zip(w1, w2))),
@@ -106,4 +138,4 @@ def main(case):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[2])
