@@ -77,27 +77,28 @@ def parse_args(argv=None):
 # ---------------------------------------------------------------- worker side
 
 
-class _EpochTimer:
-    """A Keras callback that records each epoch's wall time."""
+def _epoch_timer():
+    """A Keras callback that records each epoch's wall time and final loss.
 
-    def __new__(cls):
-        import keras
+    Built on call, because the parent process never imports Keras.
+    """
+    import keras
 
-        class Timer(keras.callbacks.Callback):
-            def __init__(self):
-                super().__init__()
-                self.seconds, self.losses = [], []
+    class EpochTimer(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.seconds, self.losses = [], []
 
-            def on_epoch_begin(self, epoch, logs=None):
-                self._start = time.perf_counter()
+        def on_epoch_begin(self, epoch, logs=None):
+            self._start = time.perf_counter()
 
-            def on_epoch_end(self, epoch, logs=None):
-                # Keras converts the logs to floats at the end of an epoch,
-                # which waits for the device: the time includes the work.
-                self.seconds.append(time.perf_counter() - self._start)
-                self.losses.append(float((logs or {}).get("loss", math.nan)))
+        def on_epoch_end(self, epoch, logs=None):
+            # Keras converts the logs to floats at the end of an epoch, which
+            # waits for the device: the time includes the work.
+            self.seconds.append(time.perf_counter() - self._start)
+            self.losses.append(float((logs or {}).get("loss", math.nan)))
 
-        return Timer()
+    return EpochTimer()
 
 
 def _widths(base, scale):
@@ -165,7 +166,7 @@ def time_run(run, policy, sizes):
         if run != "student":
             distiller.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9))
         x, y = _data(sizes)
-        timer = _EpochTimer()
+        timer = _epoch_timer()
         # ED: one epoch in each of grades 1 and 2, then grade 3 for the
         # warm-up and the timed epochs; KD: warm-up then timed epochs.
         epochs = sizes["warmup"] + sizes["epochs"] + (2 if run == "ed" else 0)

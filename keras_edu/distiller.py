@@ -944,8 +944,7 @@ class Distiller(keras.Model):
         not finite, raise a ValueError naming `x` or the teacher
         (`keras_edu.nonfinite`).
         """
-        _check_distribution_is_supported()
-        _check_tf_strategy_is_supported(self.graded_student is not None)
+        _check_devices_are_supported(self.graded_student is not None)
         if isinstance(y, (np.ndarray, list)):
             check_labels(y, self.num_classes)
         check_input_array(x, input_shape_of(self._student), y)
@@ -1449,6 +1448,15 @@ class _AMTMLWiring:
         return run
 
 
+def _tf_replicas():
+    """Replicas of the current `tf.distribute` strategy; 1 off TensorFlow."""
+    if keras.backend.backend() != "tensorflow":
+        return 1
+    import tensorflow as tf
+
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
 def _scale_for_replicas(loss):
     """Divides the loss by the replicas of a `tf.distribute` strategy.
 
@@ -1457,32 +1465,12 @@ def _scale_for_replicas(loss):
     losses do (`keras.losses.Loss` scales them); without this, training under
     `MirroredStrategy` on N devices would take N times the step.
     """
-    if keras.backend.backend() != "tensorflow":
-        return loss
-    import tensorflow as tf
-
-    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    replicas = _tf_replicas()
     return loss / replicas if replicas > 1 else loss
 
 
-def _check_tf_strategy_is_supported(graded):
-    if keras.backend.backend() != "tensorflow" or not graded:
-        return
-    import tensorflow as tf
-
-    if tf.distribute.get_strategy().num_replicas_in_sync > 1:
-        raise ValueError(
-            "Education distillation (a GradedStudent) does not run under a "
-            "tf.distribute strategy with several replicas: each replica would "
-            "get a slice of the curriculum's batch, whose rows are laid out per "
-            "class group for the whole batch. Use the JAX backend with "
-            "keras.distribution.DataParallel (docs/distributed.md), or train "
-            "outside the strategy's scope."
-        )
-
-
-def _check_distribution_is_supported():
-    """Refuses a `keras.distribution` on PyTorch, whose trainer ignores it."""
+def _check_devices_are_supported(graded):
+    """Refuses the multi-device setups `fit` would get wrong, before training."""
     if keras.backend.backend() == "torch" and keras.distribution.distribution():
         raise ValueError(
             "A keras.distribution is set "
@@ -1491,4 +1479,13 @@ def _check_distribution_is_supported():
             "JAX backend for data-parallel distillation "
             "(docs/distributed.md), or call "
             "`keras.distribution.set_distribution(None)`."
+        )
+    if graded and _tf_replicas() > 1:
+        raise ValueError(
+            "Education distillation (a GradedStudent) does not run under a "
+            "tf.distribute strategy with several replicas: each replica would "
+            "get a slice of the curriculum's batch, whose rows are laid out per "
+            "class group for the whole batch. Use the JAX backend with "
+            "keras.distribution.DataParallel (docs/distributed.md), or train "
+            "outside the strategy's scope."
         )
