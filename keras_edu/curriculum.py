@@ -6,6 +6,7 @@ import math
 import keras
 import numpy as np
 
+from keras_edu import teacher_cache
 from keras_edu.partition import ClassPartition
 
 ORDERS = ("interleaved", "sequential", "stratified")
@@ -51,6 +52,14 @@ class CurriculumDataset(keras.utils.PyDataset):
         shuffle: Shuffle samples within each group every epoch (arrays).
         seed: Seed of the shuffles.
         grade: The grade to start at (1-based).
+        num_processes: Processes that feed one data-parallel run together
+            (JAX multi-process, `keras.distribution.initialize`). Each
+            process builds the same global batches of `batch_size` rows
+            (same data, same `seed`, which is then required) and serves its
+            `batch_size // num_processes` contiguous rows of each, so the
+            global batch keeps its per-group layout. `Distiller.fit` sets
+            it from JAX's process count. Defaults to 1.
+        process_index: This process's index in `[0, num_processes)`.
 
     Example:
 
@@ -79,6 +88,8 @@ class CurriculumDataset(keras.utils.PyDataset):
         shuffle=True,
         seed=None,
         grade=1,
+        num_processes=1,
+        process_index=0,
     ):
         super().__init__()
         if not isinstance(partition, ClassPartition):
@@ -95,6 +106,9 @@ class CurriculumDataset(keras.utils.PyDataset):
                 f"`batch_size` must be a positive integer. Received: "
                 f"batch_size={batch_size!r}."
             )
+        self.num_processes, self.process_index = _check_process_share(
+            num_processes, process_index, batch_size, seed
+        )
         self.partition = partition
         self.batch_size = batch_size
         self.order = order
@@ -144,9 +158,11 @@ class CurriculumDataset(keras.utils.PyDataset):
         )
         batches = []
         for index in range(count):
-            batch = np.concatenate(
+            batch = _concatenate_rows(
                 [
-                    self._source.rows(group, index * size, size)[0]
+                    teacher_cache.inputs_of(
+                        self._source.rows(group, index * size, size)[0]
+                    )
                     for group, size in enumerate(sizes)
                     if size
                 ]
@@ -210,12 +226,24 @@ class CurriculumDataset(keras.utils.PyDataset):
                 for group, size in enumerate(self.block_sizes())
                 if size
             ]
-            return (
-                np.concatenate([x for x, _ in blocks]),
+            batch = (
+                _concatenate_rows([x for x, _ in blocks]),
                 np.concatenate([y for _, y in blocks]),
             )
-        group, batch = self._plan[index]
-        return self._source.rows(group, batch * self.batch_size, self.batch_size)
+        else:
+            group, batch = self._plan[index]
+            batch = self._source.rows(group, batch * self.batch_size, self.batch_size)
+        return self._process_share(batch)
+
+    def _process_share(self, batch):
+        # Each process feeds its contiguous slice of the global batch, in
+        # process order, so the slices put together are the global batch
+        # with its per-group blocks where a single process has them.
+        if self.num_processes == 1:
+            return batch
+        size = self.batch_size // self.num_processes
+        start = self.process_index * size
+        return keras.tree.map_structure(lambda a: a[start : start + size], batch)
 
     def _make_plan(self):
         """One `(group, batch index)` entry per step of the coming epoch."""
@@ -243,10 +271,13 @@ class _ArraySource:
 
     def __init__(self, x, y, partition, batch_size, rng):
         labels = _sparse_labels(y)
-        if len(labels) != len(x):
+        # `x` may be a structure of arrays (inputs with cached teacher
+        # outputs, `keras_edu.teacher_cache`), sliced together.
+        num_inputs = len(keras.tree.flatten(x)[0])
+        if len(labels) != num_inputs:
             raise ValueError(
                 f"`x` and `y` must hold the same number of samples. Received "
-                f"{len(x)} inputs and {len(labels)} labels."
+                f"{num_inputs} inputs and {len(labels)} labels."
             )
         _check_label_range(labels, partition)
         self.x, self.labels = x, labels.astype("int32")
@@ -261,7 +292,8 @@ class _ArraySource:
 
     def input_spec(self):
         """Shape (without the batch axis) and dtype of one input."""
-        return tuple(self.x.shape[1:]), np.dtype(self.x.dtype)
+        x = self.x["inputs"] if isinstance(self.x, dict) else self.x
+        return tuple(x.shape[1:]), np.dtype(x.dtype)
 
     def start_epoch(self, shuffle):
         self._shuffle = shuffle
@@ -281,7 +313,7 @@ class _ArraySource:
 
     def rows(self, group, start, size):
         rows = self._order[group][start : start + size]
-        return self.x[rows], self.labels[rows]
+        return keras.tree.map_structure(lambda a: a[rows], self.x), self.labels[rows]
 
 
 class _TFDataSource:
@@ -334,6 +366,11 @@ class _TFDataSource:
         return x, np.reshape(y, (-1,)).astype("int32")
 
 
+def _concatenate_rows(parts):
+    """Concatenates batches (arrays, or structures of arrays) along rows."""
+    return keras.tree.map_structure(lambda *arrays: np.concatenate(arrays), *parts)
+
+
 def _proportional_split(total, counts):
     """`total` rows split in proportion to `counts` (largest remainders)."""
     counts = np.asarray(counts, dtype="float64")
@@ -371,7 +408,34 @@ def _make_source(x, y, partition, batch_size, rng):
             "`y` is required with array inputs: pass the integer class ids "
             "(or one-hot labels) of `x`."
         )
-    return _ArraySource(np.asarray(x), np.asarray(y), partition, batch_size, rng)
+    x = keras.tree.map_structure(np.asarray, x)
+    return _ArraySource(x, np.asarray(y), partition, batch_size, rng)
+
+
+def _check_process_share(num_processes, process_index, batch_size, seed):
+    if not isinstance(num_processes, int) or num_processes < 1:
+        raise ValueError(
+            "`num_processes` must be a positive integer. Received: "
+            f"num_processes={num_processes!r}."
+        )
+    if not isinstance(process_index, int) or not 0 <= process_index < num_processes:
+        raise ValueError(
+            f"`process_index` must be an integer in [0, {num_processes}). "
+            f"Received: process_index={process_index!r}."
+        )
+    if num_processes > 1 and batch_size % num_processes:
+        raise ValueError(
+            f"`batch_size` ({batch_size}) is the global batch, split evenly "
+            f"between the {num_processes} processes: make it a multiple of "
+            "`num_processes`."
+        )
+    if num_processes > 1 and seed is None:
+        raise ValueError(
+            "With several processes, pass a `seed`: every process draws the "
+            "same global batches and keeps its share, so their shuffles must "
+            "agree."
+        )
+    return num_processes, process_index
 
 
 def _is_tf_dataset(x):

@@ -6,6 +6,7 @@ from keras import ops
 
 from keras_edu import growth
 from keras_edu import nonfinite
+from keras_edu import teacher_cache
 from keras_edu.curriculum import DEFAULT_ORDER
 from keras_edu.curriculum import CurriculumDataset
 from keras_edu.feature_taps import FeatureTaps
@@ -94,6 +95,16 @@ class Distiller(keras.Model):
             teacher pass fewer. `None` (default): the specialists teach at
             every grade. Needs a generalist among the teachers. Not with
             `AMTML`.
+        cache_teachers: `False` (default): the teachers run on every
+            training batch. `True`: `fit` runs each teacher once over the
+            training arrays, keeps its outputs (logits, and the hint maps an
+            `AMTML` loss reads) in memory, and the steps read them instead:
+            an epoch then costs about what the student alone costs. A
+            directory path: the same, kept in NumPy memmaps in that
+            directory, for data whose outputs do not fit in memory. Needs
+            `x` as a NumPy array (a dataset may augment, so its samples
+            have no fixed outputs); computed again by each `fit` call. See
+            docs/distiller.md ("Caching teacher outputs").
         name: The model's name.
 
     Example:
@@ -131,6 +142,7 @@ class Distiller(keras.Model):
         grade=1,
         generalists_teach="group",
         specialists_until_grade=None,
+        cache_teachers=False,
         name="distiller",
         **kwargs,
     ):
@@ -141,6 +153,9 @@ class Distiller(keras.Model):
                 f"generalists_teach={generalists_teach!r}."
             )
         self.generalists_teach = generalists_teach
+        self.cache_teachers = teacher_cache.check_cache_setting(cache_teachers)
+        # Seconds the last `fit` spent filling the teacher cache.
+        self.teacher_cache_seconds = None
         self.alpha = check_probability(alpha, "alpha")
         self.temperature = check_positive(temperature, "temperature")
         self.distillation_term = _resolve_loss(loss, self.temperature)
@@ -256,6 +271,7 @@ class Distiller(keras.Model):
         self.built = True
 
     def call(self, inputs, training=None):
+        inputs = teacher_cache.inputs_of(inputs)
         if training and self._amtml is not None:
             # One student forward gives the logits and the tapped feature
             # maps AMTML needs: {"logits": z, "features": {layer: map}}.
@@ -297,7 +313,9 @@ class Distiller(keras.Model):
             if features is None:
                 # Logits given without features (a call by hand): read the
                 # features from an inference-mode pass of the tap model.
-                _, features = self._amtml.student_taps(x, training=False)
+                _, features = self._amtml.student_taps(
+                    teacher_cache.inputs_of(x), training=False
+                )
             return self._add_regularization(
                 self._amtml_loss(
                     x, labels, logits, features, student_loss, sample_weight
@@ -371,10 +389,14 @@ class Distiller(keras.Model):
 
     def teacher_logits(self, x):
         """Every teacher's logits on `x`, float32 and without gradient."""
-        return [
-            ops.stop_gradient(ops.cast(teacher(x), "float32"))
-            for teacher in self.teachers
-        ]
+        return [self._teacher_output(k, x) for k in range(len(self.teachers))]
+
+    def _teacher_output(self, k, x):
+        """Teacher k's float32 logits on a batch: cached, or run now."""
+        cached = teacher_cache.outputs_of(x, k)
+        if cached is not None:
+            return ops.cast(cached["logits"], "float32")
+        return ops.stop_gradient(ops.cast(self.teachers[k](x), "float32"))
 
     def teacher_weights(self, x, batch_size=256):
         """The learned AMTML teacher weights `a(x)` of each example.
@@ -488,8 +510,7 @@ class Distiller(keras.Model):
             rows = keras.tree.map_structure(lambda t, i=index: t[i], x)
             with torch.no_grad():
                 outputs = {
-                    k: ops.cast(self.teachers[k](rows), "float32")
-                    for k, _ in group.members
+                    k: self._teacher_output(k, rows) for k, _ in group.members
                 }
             targets = [
                 outputs[k] if perm is None else ops.take(outputs[k], perm, axis=1)
@@ -619,11 +640,7 @@ class Distiller(keras.Model):
             if not branch.members:
                 return ops.zeros_like(logits[:, 0])
             targets = [
-                ops.take(
-                    ops.stop_gradient(ops.cast(self.teachers[k](x), "float32")),
-                    columns,
-                    axis=1,
-                )
+                ops.take(self._teacher_output(k, x), columns, axis=1)
                 for k, columns in branch.members
             ]
             student_columns = ops.take(logits, branch.student_columns, axis=1)
@@ -949,6 +966,8 @@ class Distiller(keras.Model):
             check_labels(y, self.num_classes)
         check_input_array(x, input_shape_of(self._student), y)
         self._check_finite_before_training(x, batch_size)
+        if self.cache_teachers:
+            x = self._with_cached_teacher_outputs(x)
         if self.graded_student is None:
             callbacks = list(callbacks or []) + [StopOnBadLabels(self.label_check)]
             return super().fit(
@@ -993,6 +1012,25 @@ class Distiller(keras.Model):
             self._fit_context = None
             self._blocks = None
 
+    def _with_cached_teacher_outputs(self, x):
+        """`x` with each sample's teacher outputs, computed once now."""
+        teacher_cache.check_cacheable(x)
+        forwards = [self._cache_forward(k) for k in range(len(self.teachers))]
+        directory = None if self.cache_teachers is True else self.cache_teachers
+        outputs, self.teacher_cache_seconds = teacher_cache.fill(
+            forwards, x, directory
+        )
+        return teacher_cache.attach(x, outputs)
+
+    def _cache_forward(self, k):
+        forward = self._amtml.cache_forward(k) if self._amtml else None
+        if forward is not None:
+            return forward
+        model = self.teachers[k].model
+        return lambda batch: {
+            "logits": np.asarray(model.predict_on_batch(batch), "float32")
+        }
+
     def _check_finite_before_training(self, x, batch_size):
         # A NaN pixel or a teacher trained into NaN would make every loss
         # NaN while training goes on: say which, before the first step.
@@ -1031,6 +1069,7 @@ class Distiller(keras.Model):
             shuffle=shuffle,
             seed=schedule.seed if schedule else None,
             grade=self.grade,
+            **_jax_process_share(),
         )
 
     def get_config(self):
@@ -1050,6 +1089,7 @@ class Distiller(keras.Model):
                 "temperature": self.temperature,
                 "generalists_teach": self.generalists_teach,
                 "specialists_until_grade": self.specialists_until_grade,
+                "cache_teachers": self.cache_teachers,
                 "loss": keras.saving.serialize_keras_object(
                     self.distillation_term
                 ),
@@ -1377,6 +1417,9 @@ class _AMTMLWiring:
 
     def teacher_forward(self, k, x):
         """Teacher k's float32 logits and hint maps, one pass, no gradient."""
+        cached = teacher_cache.outputs_of(x, k)
+        if cached is not None:
+            return ops.cast(cached["logits"], "float32"), cached.get("hints", {})
         teacher = self.distiller.teachers[k]
         taps = self.teacher_taps[k]
         if taps is None:
@@ -1387,6 +1430,22 @@ class _AMTMLWiring:
         teacher.model._clear_losses()
         maps = {name: ops.stop_gradient(m) for name, m in maps.items()}
         return ops.stop_gradient(ops.cast(logits, "float32")), maps
+
+    def cache_forward(self, k):
+        """What the teacher cache keeps of teacher k: logits and hint maps."""
+        taps = self.teacher_taps[k]
+        if taps is None:
+            return None
+        names = list(taps.names)
+
+        def forward(x):
+            logits, *maps = taps.model.predict_on_batch(x)
+            return {
+                "logits": np.asarray(logits, "float32"),
+                "hints": dict(zip(names, maps)),
+            }
+
+        return forward
 
     def branch(self, branch):
         """`run(x, logits, features)`: AMTML terms of one group of teachers.
@@ -1455,6 +1514,19 @@ def _tf_replicas():
     import tensorflow as tf
 
     return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def _jax_process_share():
+    """This process's place in a JAX multi-process run, for the curriculum.
+
+    Each process feeds its share of every global batch
+    (`CurriculumDataset(num_processes=..., process_index=...)`).
+    """
+    if keras.backend.backend() != "jax":
+        return {}
+    import jax
+
+    return {"num_processes": jax.process_count(), "process_index": jax.process_index()}
 
 
 def _scale_for_replicas(loss):
