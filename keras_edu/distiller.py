@@ -83,18 +83,23 @@ class Distiller(keras.Model):
             `None` (default) is `keras_edu.losses.SoftTargetKD`.
             `keras_edu.losses.AMTML` is wired in specially (above).
         generalists_teach: With a `GradedStudent`, what a teacher of all
-            classes (a generalist) teaches. `"group"` (default): like a
-            specialist, each example's group's classes only. `"seen"`: every
-            class seen at the current grade, on every example, beside the
-            group's specialists (an example's distillation loss is then the
-            mean of its specialists' term and the generalists' term), so the
-            student also learns how the groups differ. Not with `AMTML`.
+            classes (a generalist) teaches. `"seen"`: every class seen at
+            the current grade, on every example, beside the group's
+            specialists (an example's distillation loss is then the mean of
+            its specialists' term and the generalists' term), so the
+            student also learns how the groups differ. `"group"`: like a
+            specialist, each example's group's classes only (the
+            reference's routing). `"auto"` (default): `"seen"`, the
+            measured best (docs/results.md), or `"group"` with `AMTML`,
+            which does not support `"seen"`.
         specialists_until_grade: With a `GradedStudent`, the last grade at
             which the specialists (teachers of one group) teach; from the
             next grade on only the generalists do, so each example costs one
-            teacher pass fewer. `None` (default): the specialists teach at
-            every grade. Needs a generalist among the teachers. Not with
-            `AMTML`.
+            teacher pass fewer. `None`: the specialists teach at every
+            grade. Needs a generalist among the teachers. Not with
+            `AMTML`. `"auto"` (default): the last grade but one when a
+            generalist teaches the seen classes (`generalists_teach`
+            resolved to `"seen"`), measured best and cheaper; else `None`.
         cache_teachers: `False` (default): the teachers run on every
             training batch. `True`: `fit` runs each teacher once over the
             training arrays, keeps its outputs (logits, and the hint maps an
@@ -140,25 +145,30 @@ class Distiller(keras.Model):
         temperature=4.0,
         loss=None,
         grade=1,
-        generalists_teach="group",
-        specialists_until_grade=None,
+        generalists_teach="auto",
+        specialists_until_grade="auto",
         cache_teachers=False,
         name="distiller",
         **kwargs,
     ):
         super().__init__(name=name, **kwargs)
-        if generalists_teach not in ("group", "seen"):
+        if generalists_teach not in ("auto", "group", "seen"):
             raise ValueError(
-                "`generalists_teach` must be 'group' or 'seen'. Received: "
-                f"generalists_teach={generalists_teach!r}."
+                "`generalists_teach` must be 'auto', 'group' or 'seen'. "
+                f"Received: generalists_teach={generalists_teach!r}."
             )
-        self.generalists_teach = generalists_teach
         self.cache_teachers = teacher_cache.check_cache_setting(cache_teachers)
         # Seconds the last `fit` spent filling the teacher cache.
         self.teacher_cache_seconds = None
         self.alpha = check_probability(alpha, "alpha")
         self.temperature = check_positive(temperature, "temperature")
         self.distillation_term = _resolve_loss(loss, self.temperature)
+        if generalists_teach == "auto":
+            # Measured best for SoftTargetKD (docs/results.md); AMTML mixes
+            # the generalists into each group instead.
+            amtml = isinstance(self.distillation_term, AMTML)
+            generalists_teach = "group" if amtml else "seen"
+        self.generalists_teach = generalists_teach
         self.graded_student = student if isinstance(student, GradedStudent) else None
         if self.graded_student is not None:
             self.graded_student.partition._check_grade(grade)
@@ -586,6 +596,22 @@ class Distiller(keras.Model):
             retired_teachers=retired,
         )
 
+    def _default_specialists_until_grade(self):
+        """The last grade but one when a generalist teaches the seen classes.
+
+        Measured best (docs/results.md): in the last grade the full network
+        sees every class and the generalists cover them all, so the
+        specialists only add a teacher pass per example. Otherwise None.
+        """
+        if (
+            self.graded_student is None
+            or self.generalists_teach != "seen"
+            or not self._generalists()
+            or self.graded_student.partition.num_groups < 2
+        ):
+            return None
+        return self.graded_student.partition.num_groups - 1
+
     def _generalists(self):
         """Indices of the teachers that cover every class."""
         every_class = set(range(self.num_classes))
@@ -594,6 +620,8 @@ class Distiller(keras.Model):
         ]
 
     def _check_specialists_until_grade(self, value):
+        if value == "auto":
+            return self._default_specialists_until_grade()
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:

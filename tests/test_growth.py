@@ -383,11 +383,23 @@ def test_generalist_teaches_every_seen_class_beside_the_specialists(layout):
     np.testing.assert_allclose(float(ops.convert_to_numpy(loss)), expected, rtol=1e-5)
 
 
-def test_generalists_teach_group_by_default_and_serialize():
+def test_generalists_teach_seen_by_default_and_serialize():
     teachers = _specialists() + [_generalist()]
+    group = keras_edu.Distiller(_resnet_student(), teachers, generalists_teach="group")
+    assert group._grade_routing.seen_branch is None
+    assert [k for k, _ in group._grade_routing.branches[0].members] == [0, 3]
+    # "auto" (the default) is "seen", the measured best, and retires the
+    # specialists after the last grade but one; AMTML keeps "group".
     default = keras_edu.Distiller(_resnet_student(), teachers)
-    assert default._grade_routing.seen_branch is None
-    assert [k for k, _ in default._grade_routing.branches[0].members] == [0, 3]
+    assert default.generalists_teach == "seen"
+    assert default.specialists_until_grade == 2
+    assert group.specialists_until_grade is None
+    specialists_only = keras_edu.Distiller(_resnet_student(), _specialists())
+    assert specialists_only.specialists_until_grade is None
+    amtml = keras_edu.Distiller(
+        _resnet_student(), teachers, loss=keras_edu.losses.AMTML()
+    )
+    assert (amtml.generalists_teach, amtml.specialists_until_grade) == ("group", None)
     seen = keras_edu.Distiller(_resnet_student(), teachers, generalists_teach="seen")
     assert [k for k, _ in seen._grade_routing.branches[0].members] == [0]
     seen.set_grade(3)
@@ -451,7 +463,8 @@ def test_retired_specialists_leave_the_generalists_term_alone():
 def test_retired_specialists_hand_their_groups_to_a_group_generalist():
     teachers = _specialists() + [_generalist()]
     distiller = keras_edu.Distiller(
-        _resnet_student(), teachers, specialists_until_grade=2
+        _resnet_student(), teachers, generalists_teach="group",
+        specialists_until_grade=2,
     )
     distiller.set_grade(2)
     assert [[k for k, _ in b.members] for b in distiller._grade_routing.branches] == [
