@@ -141,6 +141,31 @@ def int_list(values, flag, minimum=None):
     return numbers
 
 
+def number_list(values, flag):
+    """`["150", "0.75"]` -> `[150, 0.75]`: integers stay ints, the rest floats.
+
+    For flags whose values are either epochs or fractions of the run: what
+    the values mean is left to the caller (e.g. `keras_edu.GradeCallback`).
+    """
+    numbers = []
+    for value in values:
+        text = str(value).strip()
+        if not text:
+            continue
+        try:
+            numbers.append(int(text))
+        except ValueError:
+            try:
+                numbers.append(float(text))
+            except ValueError:
+                raise RecipeError(
+                    f"--{flag} must be a comma-separated list of numbers, "
+                    f"e.g. `--{flag}=150,180` or `--{flag}=0.625,0.75`. "
+                    f"Received: {','.join(map(str, values))}."
+                ) from None
+    return numbers
+
+
 def check_output_path(path, overwrite, flag):
     """Refuses an existing output unless `--overwrite`; makes its folder."""
     if not path:

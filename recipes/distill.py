@@ -25,6 +25,9 @@ Usage:
         --student=cnn16 --results=runs/kd.json
     python recipes/distill.py --method=ed --teachers=runs/s/teachers.json \
         --student=cnn16 --boundaries=2,4 --epochs=6 --results=runs/ed.json
+    python recipes/distill.py --method=ed --teachers=runs/s/teachers.json \
+        --student=cnn16 --boundaries=0.125,0.25 --epochs=24 \
+        --results=runs/ed24.json
     python recipes/distill.py --config=cifar100_resnet110_resnet20 --method=ed \
         --teachers=runs/c100_specialists/teachers.json --results=runs/c100_ed.json
 """
@@ -93,9 +96,41 @@ def define_flags(flag_values):
     flags.DEFINE_list(
         "boundaries",
         ["2", "4"],
-        "Epochs at which grades 2, 3, ... start (ed/ed_amtml: one per group "
-        "after the first, each < --epochs). Other methods record their "
-        "per-group top-1 there too.",
+        "When grades 2, 3, ... start (ed/ed_amtml: one per group after the "
+        "first): integer epochs, each < --epochs (`2,4`), or fractions of "
+        "the run in (0, 1) (`0.125,0.25`: epoch floor(f * epochs + 0.5), "
+        "as keras_edu.GradeCallback resolves them). Other methods record "
+        "their per-group top-1 there too.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_enum(
+        "lr_schedule",
+        None,
+        training.LR_SCHEDULES,
+        "per_grade: a keras_edu.schedules.PerGradeCosineDecay from --lr, one "
+        "cosine per grade (the default for ed/ed_amtml; needs no "
+        "--lr_decay_epochs). step: --lr, times --lr_decay_factor at each of "
+        "--lr_decay_epochs (the default, and the only choice, for the other "
+        "methods).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_enum(
+        "distribution",
+        "none",
+        training.DISTRIBUTIONS,
+        "data_parallel: train on every local device, the batch split "
+        "across them (JAX: keras.distribution.DataParallel; TensorFlow: "
+        "tf.distribute.MirroredStrategy, not for ed/ed_amtml on several "
+        "devices; PyTorch: refused). none: Keras' default device.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_enum(
+        "mixed_precision",
+        "float32",
+        training.PRECISIONS,
+        "Keras dtype policy of the student (set before it is built): "
+        "float32, mixed_float16 (loss scaling added by compile) or "
+        "mixed_bfloat16. Loaded teachers keep their saved policy.",
         flag_values=flag_values,
     )
     flags.DEFINE_float(
@@ -165,6 +200,10 @@ class DistillOptions:
         temperature: Softmax temperature of the distillation term.
         boundaries: Epochs at which grades 2, 3, ... start (see
             `check_boundaries`).
+        boundaries_flag: `--boundaries` as given (epochs or fractions of
+            the run), for the results; None: as `boundaries`.
+        lr_schedule: `"step"` or `"per_grade"` (`training.make_optimizer`);
+            `"per_grade"` needs a graded method.
         order: The curriculum's batch layout (`ed`/`ed_amtml`).
         generalists_teach: `ed`: what a full teacher among `teachers`
             teaches (`keras_edu.Distiller`'s argument): "seen" (every class
@@ -181,6 +220,8 @@ class DistillOptions:
     alpha: float = 0.3
     temperature: float = 4.0
     boundaries: tuple = ()
+    boundaries_flag: tuple = None
+    lr_schedule: str = "step"
     order: str = DEFAULT_ORDER
     generalists_teach: str = "seen"
     retire_specialists: bool = True
@@ -188,6 +229,7 @@ class DistillOptions:
     def __post_init__(self):
         check_method(self.method)
         check_terms(self.alpha, self.temperature)
+        check_lr_schedule(self.lr_schedule, self.method)
 
 
 def check_terms(alpha, temperature):
@@ -199,6 +241,32 @@ def check_terms(alpha, temperature):
     if not temperature > 0:
         raise cli.RecipeError(
             f"--temperature must be > 0. Received: {temperature}."
+        )
+
+
+def default_lr_schedule(method):
+    """`--lr_schedule` when not given: a cosine per grade for graded methods."""
+    return "per_grade" if method in GRADED_METHODS else "step"
+
+
+def check_lr_schedule(lr_schedule, method, lr_decay_epochs=()):
+    """Refuses `per_grade` without grades, or beside `--lr_decay_epochs`."""
+    if lr_schedule != "per_grade":
+        return
+    if method not in GRADED_METHODS:
+        raise cli.RecipeError(
+            f"--lr_schedule=per_grade restarts the learning rate at every "
+            f"grade, but --method={method} has no grades. Pass "
+            "--lr_schedule=step (the default for it), or use --method=ed."
+        )
+    if lr_decay_epochs:
+        decays = ",".join(map(str, lr_decay_epochs))
+        raise cli.RecipeError(
+            f"--lr_decay_epochs={decays} decays the step schedule, but "
+            "--lr_schedule=per_grade (the default for ed/ed_amtml) decays "
+            "with a cosine in every grade. Pass --lr_schedule=step to keep "
+            "the decays, or --lr_decay_epochs= (empty) for the per-grade "
+            "cosine."
         )
 
 
@@ -407,13 +475,43 @@ def _check_teacher_count(method, teachers):
 # ---------------------------------------------------------------- train
 
 
-def check_boundaries(boundaries, method, partition, epochs):
-    """Validates `--boundaries`; non-graded methods keep those < epochs."""
+def resolve_boundaries(boundaries, epochs):
+    """`--boundaries` (epochs, or fractions of the run) -> epochs of this run.
+
+    `keras_edu.GradeCallback` checks and resolves them, as it would in
+    `fit` (a fraction `f` starts its grade at epoch `floor(f * epochs +
+    0.5)`), so the recipe accepts exactly what the library does; its
+    refusal becomes an error naming the flag.
+    """
     values = list(boundaries)
-    if any(b >= a for a, b in zip(values[1:], values[:-1])):
-        raise cli.RecipeError(
-            f"--boundaries must be strictly increasing. Received: {values}."
-        )
+    try:
+        return keras_edu.GradeCallback(boundaries=values).boundaries_for(epochs)
+    except ValueError as error:
+        given = ",".join(map(str, values))
+        fix = ""
+        if len({type(v) for v in values}) > 1:
+            fix = (
+                " Give every value as an epoch (`--boundaries=2,4`) or every "
+                "value as a fraction of --epochs (`--boundaries=0.34,0.67`)."
+            )
+        raise cli.RecipeError(f"--boundaries={given}: {error}{fix}") from None
+
+
+def check_boundaries(boundaries, method, partition, epochs):
+    """Validates `--boundaries` and returns their epochs in this run.
+
+    Args:
+        boundaries: Integer epochs, or fractions of the run in (0, 1)
+            (`cli.number_list` of the flag).
+        method: The `--method`.
+        partition: The `keras_edu.ClassPartition`.
+        epochs: The run's epochs.
+
+    Returns:
+        The epochs at which grades 2, 3, ... start; non-graded methods keep
+        those < epochs (where they record their per-group scores).
+    """
+    values = resolve_boundaries(boundaries, epochs)
     if method not in GRADED_METHODS:
         return tuple(b for b in values if b < epochs)
     needed = partition.num_groups - 1
@@ -471,8 +569,12 @@ def distill(data, options, settings, student_path):
     evaluator = training.TestEvaluator(
         data.test_x, data.test_y, partition.groups
     )
+    rates = training.LearningRateLog()
+    optimizer = None
     if method == "scratch":
-        training.fit_plain(target, data, settings, callbacks=[evaluator])
+        training.fit_plain(
+            target, data, settings, callbacks=[evaluator, rates]
+        )
         student = target
     else:
         graded = method in GRADED_METHODS
@@ -486,9 +588,8 @@ def distill(data, options, settings, student_path):
             loss=keras_edu.losses.AMTML() if method in AMTML_METHODS else None,
             **education_routing(options),
         )
-        distiller.compile(
-            optimizer=training.make_optimizer(settings), metrics=["accuracy"]
-        )
+        optimizer = training.make_optimizer(settings, options.lr_schedule)
+        distiller.compile(optimizer=optimizer, metrics=["accuracy"])
         guard = training.nan_guard(data, settings)
         callbacks = [evaluator, guard, *training.schedule_callbacks(settings)]
         if graded:
@@ -502,6 +603,8 @@ def distill(data, options, settings, student_path):
             inputs = data_loading.unbatched_inputs(data, settings)
         else:
             inputs = data_loading.fit_inputs(data, settings)
+        # Last: it reads the rate the callbacks above have set.
+        callbacks.append(rates)
         distiller.fit(
             epochs=settings.epochs,
             verbose=settings.verbose,
@@ -514,10 +617,18 @@ def distill(data, options, settings, student_path):
     results = results_dict(
         data, options, settings, evaluator, student, student_path
     )
+    results["lr_by_epoch"] = rates.rates
+    results["lr_grade_steps"] = _grade_steps(optimizer)
     results["charts"] = save_charts(
         results, distiller if method == "amtml" else None, data, student_path
     )
     return results
+
+
+def _grade_steps(optimizer):
+    """The steps per grade GradeCallback gave a per-grade schedule, or None."""
+    schedule = keras_edu.schedules.per_grade_schedule(optimizer)
+    return None if schedule is None else list(schedule.grade_steps)
 
 
 def education_routing(options):
@@ -588,6 +699,13 @@ def results_dict(data, options, settings, evaluator, student, path):
         "education_routing": education_routing(options),
         "partition": options.partition.groups,
         "boundaries": list(options.boundaries),
+        # `--boundaries` as given: epochs, or fractions of the run.
+        "boundaries_flag": list(
+            options.boundaries
+            if options.boundaries_flag is None
+            else options.boundaries_flag
+        ),
+        "lr_schedule": options.lr_schedule,
         "order": options.order if graded else None,
         "alpha": options.alpha if method != "scratch" else None,
         "temperature": options.temperature if method != "scratch" else None,
@@ -600,6 +718,7 @@ def results_dict(data, options, settings, evaluator, student, path):
         "top1_best": evaluator.top1[best],
         "best_epoch": best + 1,
         "top1_by_epoch": evaluator.top1,
+        "loss_by_epoch": evaluator.losses,
         "per_group_top1": by_epoch[-1],
         "per_group_top1_at_boundaries": [
             {"epoch": b, "per_group_top1": by_epoch[b - 1]}
@@ -649,10 +768,14 @@ def body(flag_values):
     check_method(method)
     check_terms(flag_values.alpha, flag_values.temperature)
     settings = training.settings_from_flags(flag_values)
+    lr_schedule = flag_values.lr_schedule or default_lr_schedule(method)
+    check_lr_schedule(lr_schedule, method, settings.lr_decay_epochs)
+    training.check_distribution(flag_values.distribution)
     training.enable_compilation_cache(flag_values.compilation_cache)
-    boundaries = cli.int_list(
-        flag_values.boundaries, "boundaries", minimum=1
-    )
+    boundaries = cli.number_list(flag_values.boundaries, "boundaries")
+    # Refuse bad boundaries (mixed epochs and fractions, ...) before the
+    # data is loaded; check_boundaries checks them against the partition.
+    resolve_boundaries(boundaries, settings.epochs)
     architectures.check_arch(flag_values.student, "student")
     results = flag_values.results
     student_out = (
@@ -673,16 +796,26 @@ def body(flag_values):
         boundaries=check_boundaries(
             boundaries, method, partition, settings.epochs
         ),
+        boundaries_flag=tuple(boundaries),
+        lr_schedule=lr_schedule,
         order=flag_values.order,
         generalists_teach=flag_values.generalists_teach,
         retire_specialists=flag_values.retire_specialists,
     )
-    options.teachers = load_teachers(
-        flag_values.teachers, data, method, partition
-    )
-    result = distill(data, options, settings, student_out)
+    # The teachers too are built inside: they must live on the same
+    # devices as the student (the policy leaves their saved dtypes alone).
+    with training.distribution_scope(
+        flag_values.distribution, graded=method in GRADED_METHODS
+    ) as devices, training.precision_policy(flag_values.mixed_precision):
+        options.teachers = load_teachers(
+            flag_values.teachers, data, method, partition
+        )
+        result = distill(data, options, settings, student_out)
     result["quick"] = bool(flag_values.quick)
     result["config"] = flag_values.config
+    result["distribution"] = flag_values.distribution
+    result["devices"] = devices
+    result["mixed_precision"] = flag_values.mixed_precision
     cli.write_json(results, result)
     print_summary([result])
     print(f"\nResults: {results}\nStudent: {student_out}")

@@ -1,10 +1,13 @@
 """How the recipes train and score: settings, schedule, fit, test evaluation.
 
-SGD with momentum and an epoch-wise step schedule (`TrainSettings`), plain
-cross-entropy training (`fit_plain`), and `TestEvaluator`, which times
-each epoch and scores the model on the real test split after it.
+SGD with momentum and an epoch-wise step schedule (`TrainSettings`) or a
+per-grade cosine (`make_optimizer`), plain cross-entropy training
+(`fit_plain`), `TestEvaluator`, which times each epoch and scores the model
+on the real test split after it, and the devices and precision a run uses
+(`distribution_scope`, `precision_policy`).
 """
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -227,11 +230,32 @@ def enable_compilation_cache(path):
     return True
 
 
-def make_optimizer(settings):
-    """SGD with the settings' learning rate and momentum."""
-    return keras.optimizers.SGD(
-        learning_rate=settings.lr, momentum=settings.momentum
-    )
+# `--lr_schedule` values: see `make_optimizer`.
+LR_SCHEDULES = ("per_grade", "step")
+
+
+def make_optimizer(settings, lr_schedule="step"):
+    """SGD with the settings' momentum and learning rate.
+
+    Args:
+        settings: A `TrainSettings`.
+        lr_schedule: `"step"`: the constant `settings.lr`, which
+            `schedule_callbacks` multiplies by `lr_decay_factor` at
+            `lr_decay_epochs`. `"per_grade"`: a
+            `keras_edu.schedules.PerGradeCosineDecay` peaking at
+            `settings.lr`, one cosine per grade of education distillation;
+            `keras_edu.GradeCallback` sizes it from the curriculum's steps
+            per grade when `fit` starts.
+    """
+    if lr_schedule not in LR_SCHEDULES:
+        raise RecipeError(
+            f"--lr_schedule must be one of {', '.join(LR_SCHEDULES)}. "
+            f"Received: {lr_schedule!r}."
+        )
+    rate = settings.lr
+    if lr_schedule == "per_grade":
+        rate = keras_edu.schedules.PerGradeCosineDecay(settings.lr)
+    return keras.optimizers.SGD(learning_rate=rate, momentum=settings.momentum)
 
 
 def learning_rate_at(settings, epoch):
@@ -254,6 +278,23 @@ def schedule_callbacks(settings):
             lambda epoch, lr: learning_rate_at(settings, epoch)
         )
     ]
+
+
+class LearningRateLog(keras.callbacks.Callback):
+    """The optimizer's learning rate at the start of each epoch (`rates`).
+
+    List it after the callbacks that set the rate (`LearningRateScheduler`,
+    `keras_edu.GradeCallback`), so that it reads the rate of the epoch's
+    first step.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.rates = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        rate = self.model.optimizer.learning_rate
+        self.rates.append(float(keras.ops.convert_to_numpy(rate)))
 
 
 def nan_guard(data, settings):
@@ -306,9 +347,12 @@ class TestEvaluator(EpochTimer):
         self.top1 = []
         self.per_group = []
         self.grades = []
+        self.losses = []
 
     def on_epoch_end(self, epoch, logs=None):
         super().on_epoch_end(epoch, logs)
+        loss = (logs or {}).get("loss")
+        self.losses.append(None if loss is None else float(loss))
         top1, per_group = self.score(self.model)
         self.top1.append(top1)
         self.per_group.append(per_group)
@@ -339,6 +383,97 @@ def top1_scores(predicted, labels, groups):
             float(correct[members].mean()) if members.any() else None
         )
     return float(correct.mean()), per_group
+
+
+# ------------------------------------------------- devices and precision
+
+# `--distribution` and `--mixed_precision` values.
+DISTRIBUTIONS = ("none", "data_parallel")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+
+
+def check_distribution(name):
+    """Refuses a `--distribution` this backend cannot run, before any work."""
+    if name not in DISTRIBUTIONS:
+        raise RecipeError(
+            f"--distribution must be one of {', '.join(DISTRIBUTIONS)}. "
+            f"Received: {name!r}."
+        )
+    if name == "data_parallel" and keras.backend.backend() == "torch":
+        raise RecipeError(
+            "--distribution=data_parallel needs the JAX or TensorFlow "
+            "backend: Keras' PyTorch trainer has no multi-device `fit` (it "
+            "would train on one device and ignore the distribution, and "
+            "keras_edu.Distiller refuses it). Run with KERAS_BACKEND=jax "
+            "(keras.distribution.DataParallel) or KERAS_BACKEND=tensorflow "
+            "(tf.distribute.MirroredStrategy), or pass --distribution=none."
+        )
+
+
+@contextlib.contextmanager
+def distribution_scope(name, graded=False):
+    """Builds, compiles and fits the models inside it on every local device.
+
+    `"none"` changes nothing. `"data_parallel"`: on JAX a
+    `keras.distribution.DataParallel` over every device (the batch is
+    split across them, the variables replicated); on TensorFlow a
+    `tf.distribute.MirroredStrategy` scope. One device is a 1-device mesh
+    or a 1-replica strategy. The previous distribution is restored on exit.
+
+    Args:
+        name: One of `DISTRIBUTIONS`.
+        graded: Whether the run trains a graded student (`ed`, `ed_amtml`),
+            which keras_edu cannot train under several TensorFlow replicas.
+
+    Yields:
+        The number of devices (replicas) the batch is split over.
+    """
+    check_distribution(name)
+    if name == "none":
+        yield 1
+    elif keras.backend.backend() == "jax":
+        distribution = keras.distribution.DataParallel()
+        with distribution.scope():
+            yield int(distribution.device_mesh.devices.size)
+    else:
+        import tensorflow as tf
+
+        strategy = tf.distribute.MirroredStrategy()
+        replicas = strategy.num_replicas_in_sync
+        if graded and replicas > 1:
+            # keras_edu.Distiller.fit refuses it too; say so before the
+            # teachers are loaded, in terms of the flags.
+            raise RecipeError(
+                "--distribution=data_parallel with --method=ed or ed_amtml on "
+                "TensorFlow: keras_edu does not train a graded "
+                f"student under a MirroredStrategy of {replicas} replicas "
+                "(each replica would get a slice of the curriculum's batch, "
+                "laid out per class group; docs/distributed.md). Run with "
+                "KERAS_BACKEND=jax, or pass --distribution=none."
+            )
+        with strategy.scope():
+            yield replicas
+
+
+@contextlib.contextmanager
+def precision_policy(name):
+    """Sets Keras' global dtype policy inside it, and restores the old one.
+
+    Models built inside compute in `name`'s dtype (their variables stay
+    float32 under the mixed policies); teachers loaded from `.keras` files
+    keep the policy they were saved with (docs/guides/mixed_precision.md).
+    """
+    if name not in PRECISIONS:
+        raise RecipeError(
+            f"--mixed_precision must be one of {', '.join(PRECISIONS)}. "
+            f"Received: {name!r}."
+        )
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
 
 
 def fit_plain(model, data, settings, source=None, arrays=None, callbacks=()):

@@ -9,6 +9,7 @@ seconds.
 
 import gzip
 import json
+import math
 import os
 import struct
 import subprocess
@@ -34,6 +35,7 @@ import configs  # noqa: E402
 import distill  # noqa: E402
 import fashion_mnist  # noqa: E402
 import train_teacher  # noqa: E402
+import training  # noqa: E402
 
 FAST = ["--batch_size=32", "--verbose=0", "--weight_decay=0"]
 
@@ -505,6 +507,8 @@ def test_cifar100_configs(name, teacher, student):
         4.0,
     )
     assert values.boundaries == ["150", "180"]
+    # The reference's step decays, not ED's default per-grade cosine.
+    assert values.lr_schedule == "step"
     settings = common.settings_from_flags(values)
     rates = [
         common.learning_rate_at(settings, e)
@@ -602,3 +606,189 @@ def test_ed_routes_a_full_teacher_over_the_seen_classes_and_retires_the_speciali
     )
     options.teachers = teachers
     assert distill.education_routing(options) == expected
+
+
+# ------------------------------- boundaries, learning rate, devices, dtypes
+
+
+def test_fraction_boundaries_resolve_and_the_per_grade_cosine_restarts(
+    fmnist, teachers, tmp_path
+):
+    # ED's default learning rate restarts its cosine at every grade.
+    args = distill_args(
+        fmnist, tmp_path, "ed", f"--teachers={teachers['manifest']}"
+    )
+    result = distill.run(args + ["--epochs=4", "--boundaries=0.5,0.75"])
+    with open(tmp_path / "ed.json") as f:
+        assert json.load(f) == json.loads(json.dumps(result))
+    # floor(0.5 * 4 + 0.5) = 2, floor(0.75 * 4 + 0.5) = 3.
+    assert result["boundaries"] == [2, 3]
+    assert result["boundaries_flag"] == [0.5, 0.75]
+    assert result["grade_by_epoch"] == [1, 1, 2, 3]
+    assert result["lr_schedule"] == "per_grade"
+    steps = result["lr_grade_steps"]
+    assert len(steps) == 3 and all(n > 0 for n in steps)
+    # Epoch 2 starts half-way through grade 1's cosine: 0.05 * (1 + cos(pi / 2)) / 2.
+    # Grades 2 and 3 start at the peak again.
+    np.testing.assert_allclose(
+        result["lr_by_epoch"], [0.05, 0.025, 0.05, 0.05], rtol=1e-5
+    )
+
+
+def test_per_grade_optimizer_has_a_per_grade_cosine():
+    settings = common.TrainSettings(lr=0.1)
+    per_grade = training.make_optimizer(settings, "per_grade")
+    schedule = keras_edu.schedules.per_grade_schedule(per_grade)
+    assert isinstance(schedule, keras_edu.schedules.PerGradeCosineDecay)
+    assert schedule.initial_learning_rate == 0.1
+    # GradeCallback sizes it when fit starts.
+    assert schedule.grade_steps is None
+    step = training.make_optimizer(settings, "step")
+    assert keras_edu.schedules.per_grade_schedule(step) is None
+    assert float(step.learning_rate) == pytest.approx(0.1)
+
+
+def test_lr_schedule_defaults():
+    assert distill.default_lr_schedule("ed") == "per_grade"
+    assert distill.default_lr_schedule("ed_amtml") == "per_grade"
+    assert distill.default_lr_schedule("kd") == "step"
+    assert _parsed("--method=ed").lr_schedule is None  # Resolved in body.
+
+
+def test_bad_boundaries_and_lr_schedules_name_the_flag_before_loading_data(
+    tmp_path,
+):
+    # "x" is no Fashion-MNIST folder: the checks must come first.
+    def fails(method, *flags_, match):
+        with pytest.raises(common.RecipeError, match=match):
+            distill.run(distill_args("x", tmp_path, method, *flags_))
+
+    fails(
+        "ed",
+        "--boundaries=1,0.5",
+        match=r"--boundaries=1,0.5: .*every value as an epoch .*fraction",
+    )
+    fails("ed", "--boundaries=one,two", match="--boundaries must be a comma")
+    fails(
+        "ed",
+        "--boundaries=0.1,0.2",
+        match=r"--boundaries=0.1,0.2: .*the epochs \[0, 1\] in a run of 3",
+    )
+    fails(
+        "kd",
+        "--lr_schedule=per_grade",
+        match="--lr_schedule=per_grade .* --method=kd has no grades",
+    )
+    fails(
+        "ed",
+        "--lr_decay_epochs=2",
+        match="--lr_decay_epochs=2 .* Pass --lr_schedule=step",
+    )
+
+
+def test_mixed_bfloat16_run_is_finite_and_restores_the_policy(
+    fmnist, teachers, tmp_path
+):
+    args = distill_args(
+        fmnist, tmp_path, "ed", f"--teachers={teachers['manifest']}"
+    )
+    result = distill.run(args + ["--mixed_precision=mixed_bfloat16"])
+    assert keras.mixed_precision.global_policy().name == "float32"
+    assert result["mixed_precision"] == "mixed_bfloat16"
+    assert len(result["loss_by_epoch"]) == 3
+    assert all(math.isfinite(loss) for loss in result["loss_by_epoch"])
+    # The student computed in bfloat16 (and keeps that policy when saved).
+    student = keras.saving.load_model(result["student_path"], compile=False)
+    assert keras.backend.standardize_dtype(student.output.dtype) == "bfloat16"
+    # A run that fails inside the policy restores it too.
+    with pytest.raises(common.RecipeError, match="no such file"):
+        distill.run(
+            distill_args(
+                fmnist,
+                tmp_path,
+                "kd",
+                "--teachers=missing.keras",
+                "--mixed_precision=mixed_float16",
+            )
+        )
+    assert keras.mixed_precision.global_policy().name == "float32"
+
+
+def test_data_parallel_on_the_local_devices(fmnist, teachers, tmp_path):
+    args = distill_args(
+        fmnist,
+        tmp_path,
+        "ed",
+        f"--teachers={teachers['manifest']}",
+        "--distribution=data_parallel",
+    )
+    if keras.backend.backend() == "torch":
+        with pytest.raises(
+            common.RecipeError,
+            match="PyTorch trainer has no multi-device `fit`.*KERAS_BACKEND=jax",
+        ):
+            distill.run(args)
+        assert not os.path.exists(tmp_path / "ed.json")
+        return
+    result = distill.run(args)
+    assert result["distribution"] == "data_parallel"
+    assert result["devices"] >= 1
+    assert result["grade_by_epoch"] == [1, 2, 3]
+    assert all(math.isfinite(loss) for loss in result["loss_by_epoch"])
+    # The distribution does not outlive the run.
+    assert keras.distribution.distribution() is None
+    assert not tf.distribute.has_strategy()
+
+
+# Two devices need a fresh process: JAX and TensorFlow fix their devices
+# when they start, and the rest of the suite keeps one.
+_TWO_DEVICES = """
+import json, sys
+import keras
+if keras.backend.backend() == "tensorflow":
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+sys.path.insert(0, sys.argv[1])
+import cli, distill
+try:
+    result = distill.run(sys.argv[2:])
+    print(json.dumps({"devices": result["devices"],
+                      "grades": result["grade_by_epoch"]}))
+except cli.RecipeError as error:
+    print(json.dumps({"error": str(error)}))
+"""
+
+
+def test_data_parallel_on_two_devices(fmnist, teachers, tmp_path):
+    backend = keras.backend.backend()
+    if backend == "torch":
+        pytest.skip("PyTorch refuses --distribution=data_parallel (above).")
+    args = distill_args(
+        fmnist,
+        tmp_path,
+        "ed",
+        f"--teachers={teachers['manifest']}",
+        "--distribution=data_parallel",
+    )
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    process = subprocess.run(
+        [sys.executable, "-c", _TWO_DEVICES, RECIPES, *args],
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    report = json.loads(process.stdout.strip().splitlines()[-1])
+    if backend == "jax":
+        # ED grows its student on a 2-device mesh.
+        assert report == {"devices": 2, "grades": [1, 2, 3]}
+    else:
+        # keras_edu refuses ED under several replicas; the recipe says so
+        # in terms of its flags, before training.
+        assert "2 replicas" in report["error"]
+        assert "--distribution=none" in report["error"]
+        assert not os.path.exists(tmp_path / "ed.json")
