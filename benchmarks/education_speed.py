@@ -108,17 +108,6 @@ def parse_args(argv=None):
         "--warmup", type=int, default=1, help="Untimed epochs per row of (2)."
     )
     parser.add_argument("--epochs", type=int, default=3, help="Timed rounds of (2).")
-    parser.add_argument(
-        "--precompile",
-        choices=("auto", "true", "false"),
-        default="auto",
-        help=(
-            "`GradeCallback(precompile=...)` of (1): compile the next grade's "
-            "step in a background thread (JAX; 'auto' is the library default). "
-            "It saves wall time only with a core free for XLA: pin to two "
-            "cores with --threads 1 (default: %(default)s)."
-        ),
-    )
     args = parser.parse_args(argv)
     args.backends = speed._split(args.backends, speed.ALL_BACKENDS, "--backends")
     args.orders = speed._split(args.orders, ORDERS, "--orders")
@@ -227,7 +216,6 @@ def run_worker(args):
             boundaries=args.boundaries,
             order=order,
             seed=args.seed,
-            precompile={"auto": "auto", "true": True, "false": False}[args.precompile],
         )
         fit_start, fit_cpu_start = time.perf_counter(), time.process_time()
         model.fit(
@@ -257,7 +245,6 @@ def run_worker(args):
             ],
             "faults": timer.faults,
             "fit_seconds": fit_seconds,
-            "precompiled_grades": list(schedule.precompiled_grades),
             "set_grade_seconds": {
                 str(k): v for k, v in schedule.set_grade_seconds.items()
             },
@@ -362,7 +349,6 @@ def format_tables(results, args):
         f"stage ends); teachers conv {args.teacher_widths}; "
         f"jit_compile={args.jit_compile}; threads={args.threads or 'default'}; "
         f"malloc={'tuned' if args.tune_malloc else 'default'}; "
-        f"precompile={args.precompile}; "
         f"{platform.node()} ({os.cpu_count()} CPUs)"
     )
     lines = [header]
@@ -404,8 +390,7 @@ def _switch_lines(result, args):
             wall, cpu_seconds = run["fit_seconds"]
             lines.append(
                 f"      whole fit(): wall {wall:.3f} s, cpu {cpu_seconds:.3f} s "
-                f"(all threads); grades compiled ahead: "
-                f"{run['precompiled_grades'] or 'none'}"
+                f"(all threads)"
             )
         for cost, cpu in zip(switch_costs(run), switch_costs(run, "cpu_seconds")):
             if cost["epoch"] == 0:

@@ -3,10 +3,10 @@
 import bisect
 import logging
 import math
+import warnings
 
 import keras
 
-from keras_edu import _precompile
 from keras_edu import growth
 from keras_edu import schedules
 from keras_edu.curriculum import DEFAULT_ORDER
@@ -60,16 +60,12 @@ class GradeCallback(keras.callbacks.Callback):
             `"sequential"` (all group-1 batches, then group 2, ..., as the
             reference code). See `keras_edu.CurriculumDataset`.
         seed: Seed of the curriculum's shuffles.
-        precompile: Compile the next grade's train step ahead, in a
-            background thread, while the current grade trains, so that a
-            switch does not wait for XLA (5-10 s for a ResNet-8 on a CPU).
-            `"auto"` (default) does it on the JAX backend and not on the
-            others; `True` requires JAX; `False` never does it. It needs a
-            free CPU core (or an accelerator doing the training) to save
-            time, and gives the same results either way: if the compiled
-            step does not fit the switched student exactly, Keras compiles
-            as usual. `precompiled_grades` lists the grades whose
-            ahead-compiled step was used.
+        precompile: Deprecated, accepted for compatibility: `"auto"`
+            (default), `True` or `False`. Nothing compiles the next grade's
+            train step ahead any more; Keras compiles it at the switch, and
+            a persistent compilation cache (docs/education.md, "Grade-switch
+            cost") removes that compile from reruns. `True` warns.
+            `precompiled_grades` stays an empty list.
 
     When the optimizer's learning rate is a
     `keras_edu.schedules.PerGradeCosineDecay` without `grade_steps`, the
@@ -148,9 +144,8 @@ class GradeCallback(keras.callbacks.Callback):
         self.order = order
         self.seed = seed
         self.precompile = _check_precompile(precompile)
+        # Always empty since nothing compiles ahead; kept for old readers.
         self.precompiled_grades = []
-        self._compile_ahead = False
-        self._ahead = None
 
     @classmethod
     def faithful(cls, boundaries, seed=None):
@@ -227,18 +222,6 @@ class GradeCallback(keras.callbacks.Callback):
         epochs = self.params.get("epochs", float("inf"))
         self.validate(self.model, epochs)
         self._size_per_grade_schedule(epochs)
-        self.precompiled_grades = []
-        # A step compiled ahead for a fit that raised is not reused.
-        self.on_train_end()
-        self._compile_ahead = self.precompile is not False and _precompile.supported(
-            self.model
-        )
-        if self.precompile is True and not self._compile_ahead:
-            _precompile.logger.warning(
-                "GradeCallback(precompile=True) compiles nothing ahead for "
-                "this Distiller: it runs eagerly, with jit_compile=False, under "
-                "a distribution or NNX, or with an AMTML loss."
-            )
 
     def _size_per_grade_schedule(self, epochs):
         optimizer = getattr(self.model, "optimizer", None)
@@ -269,8 +252,6 @@ class GradeCallback(keras.callbacks.Callback):
                 zero_init_residual=self.zero_init_residual,
             )
             self._reestimate_batchnorm()
-            self._use_compiled_ahead(grade)
-        self._compile_next_grade_ahead()
 
     def _reestimate_batchnorm(self):
         curriculum = self.model.curriculum
@@ -279,33 +260,6 @@ class GradeCallback(keras.callbacks.Callback):
         growth.reestimate_batchnorm_statistics(
             self.model.student, curriculum.seen_group_inputs(self.batchnorm_samples)
         )
-
-    def on_train_end(self, logs=None):
-        # A run that stops before the next boundary (EarlyStopping, the
-        # epoch budget) drops the step compiled for it.
-        if self._ahead is not None:
-            self._ahead.wait()
-            self._ahead = None
-
-    def _compile_next_grade_ahead(self):
-        context = getattr(self.model, "_fit_context", None)
-        if not self._compile_ahead or context is None:
-            return
-        next_grade = self.model.grade + 1
-        if self._ahead is not None or next_grade > len(self.boundaries) + 1:
-            return
-        if self.epoch_boundaries[next_grade - 2] >= self.params.get("epochs", 0):
-            return  # This run never reaches it.
-        self._ahead = _precompile.NextGradeCompile(self.model, next_grade, context[0])
-
-    def _use_compiled_ahead(self, grade):
-        ahead, self._ahead = self._ahead, None
-        if ahead is None:
-            return
-        if ahead.grade == grade and ahead.install(self.model):
-            self.precompiled_grades.append(grade)
-        else:
-            ahead.wait()
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
@@ -360,11 +314,14 @@ def _check_precompile(precompile):
             "`precompile` must be 'auto', True or False. Received: "
             f"precompile={precompile!r}."
         )
-    if precompile is True and keras.backend.backend() != "jax":
-        raise ValueError(
-            "`precompile=True` compiles the next grade's step with XLA ahead "
-            f"of the switch, which needs the JAX backend (this is "
-            f"'{keras.backend.backend()}'). Use precompile='auto' (on for JAX "
-            "only) or False."
+    if precompile is True:
+        warnings.warn(
+            "`GradeCallback(precompile=True)` no longer compiles the next "
+            "grade's train step ahead: Keras compiles it at the switch, on "
+            "every backend. Use a persistent compilation cache to take the "
+            "compile off reruns (docs/education.md, 'Grade-switch cost'), "
+            "and drop the argument.",
+            DeprecationWarning,
+            stacklevel=3,
         )
     return precompile

@@ -484,50 +484,31 @@ def _fit_three_grades(precompile):
     return distiller, schedule, history
 
 
-@pytest.mark.skipif(BACKEND != "jax", reason="compiling ahead is a JAX path")
-def test_precompiled_switches_train_exactly_as_keras_compiles():
-    # Stratified: the step also depends on the grade's block sizes.
-    ahead, ahead_schedule, ahead_history = _fit_three_grades(True)
-    plain, plain_schedule, plain_history = _fit_three_grades(False)
-    # The steps compiled in the background were the ones that trained...
-    assert ahead_schedule.precompiled_grades == [2, 3]
-    assert plain_schedule.precompiled_grades == []
-    assert ahead_history.history["grade"] == [1, 2, 3, 3]
-    # ... and they compute the very same thing, to the bit.
-    assert ahead_history.history["loss"] == plain_history.history["loss"]
-    for a, b in zip(ahead.student.get_weights(), plain.student.get_weights()):
-        np.testing.assert_array_equal(a, b)
-    for a, b in zip(_values(ahead.optimizer.variables), _values(plain.optimizer.variables)):
-        np.testing.assert_array_equal(a, b)
-
-
-@pytest.mark.skipif(BACKEND != "jax", reason="compiling ahead is a JAX path")
-def test_failed_precompile_warns_and_keras_compiles(monkeypatch, caplog):
-    import keras_edu._precompile as precompile
-
-    def broken(*args):
-        raise RuntimeError("no shadow today")
-
-    monkeypatch.setattr(precompile, "_shadow_at", broken)
-    with caplog.at_level("WARNING", logger="keras_edu"):
-        ahead, schedule, history = _fit_three_grades(True)
+def test_precompile_true_is_accepted_and_compiles_nothing_ahead():
+    # The background precompiler is gone (issue 16): `precompile=True`
+    # warns, on every backend, and the fit trains as any other.
+    with pytest.warns(DeprecationWarning, match="no longer compiles"):
+        distiller, schedule, history = _fit_three_grades(True)
+    assert schedule.precompile is True
     assert schedule.precompiled_grades == []
-    assert "grade 2's train step ahead failed (RuntimeError: no shadow today)" in caplog.text
     assert history.history["grade"] == [1, 2, 3, 3]
     assert np.isfinite(history.history["loss"]).all()
 
 
 def test_grade_callback_checks_precompile():
+    import warnings
+
     for bad in ("yes", 0, 1):
         with pytest.raises(ValueError, match="must be 'auto', True or False"):
             keras_edu.GradeCallback(boundaries=[1, 2], precompile=bad)
-    if BACKEND == "jax":
+    with pytest.warns(DeprecationWarning, match="precompile=True"):
         assert keras_edu.GradeCallback(boundaries=[1, 2], precompile=True).precompile is True
-    else:
-        with pytest.raises(ValueError, match="needs the JAX backend"):
-            keras_edu.GradeCallback(boundaries=[1, 2], precompile=True)
-    # "auto", the default, is what every other fit of this file uses.
-    assert keras_edu.GradeCallback(boundaries=[1, 2]).precompile == "auto"
+    # "auto", the default, and False accept silently and do nothing.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert keras_edu.GradeCallback(boundaries=[1, 2]).precompile == "auto"
+        schedule = keras_edu.GradeCallback(boundaries=[1, 2], precompile=False)
+    assert schedule.precompile is False and schedule.precompiled_grades == []
 
 
 def test_carry_keeps_momentum_of_surviving_variables():

@@ -1,6 +1,9 @@
 """Tests for the CIFAR model zoo in `keras_edu.models`."""
 
 import functools
+import hashlib
+import inspect
+import json
 import math
 
 import keras
@@ -261,3 +264,99 @@ def test_channels_first():
     assert tuple(model.get_layer("stage3_out").output.shape) == (None, 64, 7, 7)
     out = model.predict(random_images((1, 28, 28)), verbose=0)
     assert out.shape == (2, 10)
+
+
+def _keras_histories(node):
+    """The layer names of every `keras_history` in a serialized call."""
+    if isinstance(node, dict):
+        history = node.get("keras_history")
+        found = [history[0]] if history else []
+        return found + [n for v in node.values() for n in _keras_histories(v)]
+    if isinstance(node, (list, tuple)):
+        return [n for v in node for n in _keras_histories(v)]
+    return []
+
+
+def graph_fingerprint(model):
+    """A digest of the graph: layers, their types, inputs, output shapes, weights.
+
+    Weights are named and shaped by it, so equal digests load each other's
+    weight files; the output shapes pin strides and padding.
+    """
+    layer_configs = {c["name"]: c for c in model.get_config()["layers"]}
+    rows = [
+        [
+            layer.name,
+            type(layer).__name__,
+            sorted(set(_keras_histories(layer_configs[layer.name]["inbound_nodes"]))),
+            [list(t.shape) for t in keras.tree.flatten(layer.output)],
+            [[w.path, list(w.shape)] for w in layer.weights],
+        ]
+        for layer in model.layers
+    ]
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
+
+
+# Recorded from the separate resnet.py / wide_resnet.py builders before they
+# were merged into one (issue 16), on 100 classes and 32x32x3: count_params()
+# (BatchNorm statistics included), number of layers, `graph_fingerprint`.
+# The merged builder must build the very same graphs. (The same on the
+# three backends.)
+RECORDED_GRAPHS = {
+    "resnet110": (1744852, 390, "71b1f791d7fd8064"),
+    "resnet14": (182228, 54, "2c63bfeffa47ea9e"),
+    "resnet20": (279892, 75, "6922283f2a345fcf"),
+    "resnet32": (475220, 117, "6e1d0581a2b3e39f"),
+    "resnet32x4": (7443780, 119, "46de8356242e320e"),
+    "resnet44": (670548, 159, "fdd0097ebe57fabe"),
+    "resnet56": (865876, 201, "2d6d864976661e81"),
+    "resnet8": (84564, 33, "9acbe0510283f46f"),
+    "resnet8x4": (1236292, 35, "4713857d4312f2fa"),
+    "wrn_16_1": (181844, 52, "c5475b7edff92b25"),
+    "wrn_16_2": (705108, 53, "bb1f34aac2196dca"),
+    "wrn_40_1": (572500, 136, "843dfeac267b0e8a"),
+    "wrn_40_2": (2260564, 137, "ce0c6282948959bc"),
+    "cifar_wide_resnet(10, 2, dropout_rate=0.3)": (304346, 35, "277c460a2c5cf3b3"),
+    "cifar_resnet(14, [8, 16, 24, 32])": (64831, 56, "14ae711045279e5b"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PYTORCH_REFERENCE))
+def test_graph_is_the_recorded_one(name):
+    model = cifar100_model(name)
+    assert (
+        model.count_params(),
+        len(model.layers),
+        graph_fingerprint(model),
+    ) == RECORDED_GRAPHS[name]
+
+
+def test_generic_builders_build_the_recorded_graphs():
+    wide = models.cifar_wide_resnet(
+        10, 2, num_classes=10, input_shape=(28, 28, 1), dropout_rate=0.3
+    )
+    assert (wide.count_params(), len(wide.layers), graph_fingerprint(wide)) == (
+        RECORDED_GRAPHS["cifar_wide_resnet(10, 2, dropout_rate=0.3)"]
+    )
+    assert wide.name == "cifar_wide_resnet"
+    thin = models.cifar_resnet(14, [8, 16, 24, 32], num_classes=7, name="x")
+    assert (thin.count_params(), len(thin.layers), graph_fingerprint(thin)) == (
+        RECORDED_GRAPHS["cifar_resnet(14, [8, 16, 24, 32])"]
+    )
+    assert thin.name == "x"
+
+
+@pytest.mark.parametrize("name", sorted(PYTORCH_REFERENCE))
+def test_named_builders_look_like_functions_of_their_module(name):
+    # Generated from a config table, they keep what the `def`s had.
+    builder = getattr(models, name)
+    family = "wide_resnet" if name.startswith("wrn") else "resnet"
+    assert builder.__name__ == builder.__qualname__ == name
+    assert builder.__module__ == f"keras_edu.models.{family}"
+    assert getattr(getattr(models, family), name) is builder
+    assert str(inspect.signature(builder)) == (
+        "(num_classes=100, input_shape=(32, 32, 3), weight_decay=0.0, "
+        f"data_format=None, name='{name}')"
+    )
+    assert "for CIFAR, RepDistiller's" in builder.__doc__
+    assert f"keras_edu.models.{name}(num_classes=10" in builder.__doc__

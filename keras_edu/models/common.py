@@ -1,7 +1,11 @@
-"""Layers shared by the CIFAR model families.
+"""What the CIFAR model families share: layers, the network, named builders.
 
-Every helper here takes a tensor and returns a tensor: the models are built
-as one flat functional graph, so every layer can be tapped by name.
+Every layer helper here takes a tensor and returns a tensor: the models are
+built as one flat functional graph, so every layer can be tapped by name.
+`residual_network` is the one builder behind both families (a stem, three
+stages of residual blocks, a head; `cifar_resnet` and `cifar_wide_resnet`
+give it their own stem, block and head), and `named_builders` generates a
+family's named builders (`resnet8`, `wrn_16_2`, ...) from its config table.
 
 The defaults follow the PyTorch references of the distillation literature
 (RepDistiller / CRD, mdistiller), so that their training recipes carry over:
@@ -175,3 +179,107 @@ BUILDER_ARGS_DOCSTRING = """    Args:
     # (2, 10)
     ```
 """
+
+
+def residual_network(
+    stem,
+    block,
+    head,
+    widths,
+    blocks_per_stage,
+    num_classes,
+    input_shape,
+    weight_decay,
+    data_format,
+    name,
+):
+    """The CIFAR residual layout: a stem, three stages of blocks, a head.
+
+    Stage `k` has `blocks_per_stage` blocks of `widths[k - 1]` channels;
+    its first block has stride 1, 2, 2 for stages 1, 2, 3. Block `j` of
+    stage `k` is named `stage{k}_block{j}`, and the last block's output
+    `stage{k}_out` (the contract of `keras_edu.models.stage_ends`).
+
+    Args:
+        stem: `stem(inputs, weight_decay=..., data_format=...)` -> tensor.
+        block: `block(x, filters, strides, name, output_name=...,
+            weight_decay=..., data_format=...)` -> tensor.
+        head: `head(x, num_classes, weight_decay=..., data_format=...)`
+            -> logits.
+        widths: Three ints, the stages' channels.
+        blocks_per_stage: int >= 1.
+        num_classes, input_shape, weight_decay, data_format, name: As in
+            `keras_edu.models.resnet.cifar_resnet`.
+
+    Returns:
+        A `keras.Model` mapping images to logits.
+    """
+    check_model_args(num_classes, input_shape)
+    data_format = standardize_data_format(data_format)
+    kwargs = dict(weight_decay=weight_decay, data_format=data_format)
+
+    inputs = keras.Input(shape=tuple(input_shape), name="input")
+    x = stem(inputs, **kwargs)
+    for stage, (filters, strides) in enumerate(zip(widths, (1, 2, 2)), 1):
+        for index in range(1, blocks_per_stage + 1):
+            last = index == blocks_per_stage
+            x = block(
+                x,
+                filters,
+                strides if index == 1 else 1,
+                name=f"stage{stage}_block{index}",
+                output_name=f"stage{stage}_out" if last else None,
+                **kwargs,
+            )
+    outputs = head(x, num_classes, **kwargs)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def named_builders(module, configs, build, docstring):
+    """A family's named builders, generated from its config table.
+
+    Each builder is a function named after its key in `configs` with the
+    signature `(num_classes=100, input_shape=(32, 32, 3), weight_decay=0.0,
+    data_format=None, name=<its key>)`; it returns `build(arch,
+    num_classes=..., input_shape=..., weight_decay=..., data_format=...,
+    name=...)`.
+
+    Args:
+        module: str. The `__module__` of the builders (the family's module).
+        configs: dict. The family's table: architecture name -> config.
+        build: `build(arch, **arguments)`: the family's generic builder
+            called with `configs[arch]`.
+        docstring: `docstring(arch)` -> the builder's docstring.
+
+    Returns:
+        A dict architecture name -> builder, in the table's order.
+    """
+    return {
+        arch: _named_builder(module, arch, build, docstring(arch))
+        for arch in configs
+    }
+
+
+def _named_builder(module, arch, build, doc):
+    def builder(
+        num_classes=100,
+        input_shape=(32, 32, 3),
+        weight_decay=0.0,
+        data_format=None,
+        name=arch,
+    ):
+        return build(
+            arch,
+            num_classes=num_classes,
+            input_shape=input_shape,
+            weight_decay=weight_decay,
+            data_format=data_format,
+            name=name,
+        )
+
+    # Tracebacks, reprs and pickling name the builder as a `def` would.
+    builder.__code__ = builder.__code__.replace(co_name=arch, co_qualname=arch)
+    builder.__name__ = builder.__qualname__ = arch
+    builder.__module__ = module
+    builder.__doc__ = doc
+    return builder

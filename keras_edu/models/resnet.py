@@ -20,9 +20,9 @@ head_pool, logits
 Strided 3x3 convolutions are preceded by a `..._conv1_pad` ZeroPadding2D.
 """
 
+import functools
 import numbers
 
-import keras
 from keras import layers
 
 from keras_edu.models import common
@@ -135,32 +135,26 @@ def cifar_resnet(
             "`widths` must hold 4 ints (stem, stage 1, stage 2, stage 3). "
             f"Received: widths={widths!r}."
         )
-    common.check_model_args(num_classes, input_shape)
-    data_format = common.standardize_data_format(data_format)
-    kwargs = dict(weight_decay=weight_decay, data_format=data_format)
-    blocks_per_stage = (depth - 2) // 6
+    return common.residual_network(
+        functools.partial(_stem, filters=widths[0]),
+        apply_basic_block,
+        common.classifier,
+        widths[1:],
+        (depth - 2) // 6,
+        num_classes,
+        input_shape,
+        weight_decay,
+        data_format,
+        name,
+    )
 
-    inputs = keras.Input(shape=tuple(input_shape), name="input")
-    x = common.conv(inputs, widths[0], 3, 1, "stem_conv", **kwargs)
+
+def _stem(inputs, filters, weight_decay, data_format):
+    x = common.conv(
+        inputs, filters, 3, 1, "stem_conv", weight_decay, data_format
+    )
     x = common.batch_norm(x, "stem_bn", data_format)
-    x = common.relu(x, "stem_relu")
-
-    for stage, (filters, strides) in enumerate(
-        zip(widths[1:], (1, 2, 2)), start=1
-    ):
-        for block in range(1, blocks_per_stage + 1):
-            last = block == blocks_per_stage
-            x = apply_basic_block(
-                x,
-                filters,
-                strides if block == 1 else 1,
-                name=f"stage{stage}_block{block}",
-                output_name=f"stage{stage}_out" if last else None,
-                **kwargs,
-            )
-
-    outputs = common.classifier(x, num_classes, **kwargs)
-    return keras.Model(inputs, outputs, name=name)
+    return common.relu(x, "stem_relu")
 
 
 _THIN = [16, 16, 32, 64]
@@ -180,17 +174,9 @@ CONFIGS = {
 }
 
 
-def _build(arch, num_classes, input_shape, weight_decay, data_format, name):
+def _build(arch, **arguments):
     _, depth, widths = CONFIGS[arch]
-    return cifar_resnet(
-        depth,
-        widths,
-        num_classes=num_classes,
-        input_shape=input_shape,
-        weight_decay=weight_decay,
-        data_format=data_format,
-        name=name,
-    )
+    return cifar_resnet(depth, widths, **arguments)
 
 
 # One template for the named builders, as keras.applications does.
@@ -203,135 +189,27 @@ BUILDER_DOCSTRING = """{label} for CIFAR, RepDistiller's `{arch}`.
 """ + common.BUILDER_ARGS_DOCSTRING
 
 
-def resnet8(
-    num_classes=100,
-    input_shape=(32, 32, 3),
-    weight_decay=0.0,
-    data_format=None,
-    name="resnet8",
-):
-    return _build(
-        "resnet8", num_classes, input_shape, weight_decay, data_format, name
+def _docstring(arch):
+    label, depth, widths = CONFIGS[arch]
+    return BUILDER_DOCSTRING.format(
+        label=label,
+        arch=arch,
+        depth=depth,
+        stem=widths[0],
+        blocks=(depth - 2) // 6,
+        stages="/".join(str(w) for w in widths[1:]),
     )
 
 
-def resnet14(
-    num_classes=100,
-    input_shape=(32, 32, 3),
-    weight_decay=0.0,
-    data_format=None,
-    name="resnet14",
-):
-    return _build(
-        "resnet14", num_classes, input_shape, weight_decay, data_format, name
-    )
-
-
-def resnet20(
-    num_classes=100,
-    input_shape=(32, 32, 3),
-    weight_decay=0.0,
-    data_format=None,
-    name="resnet20",
-):
-    return _build(
-        "resnet20", num_classes, input_shape, weight_decay, data_format, name
-    )
-
-
-def resnet32(
-    num_classes=100,
-    input_shape=(32, 32, 3),
-    weight_decay=0.0,
-    data_format=None,
-    name="resnet32",
-):
-    return _build(
-        "resnet32", num_classes, input_shape, weight_decay, data_format, name
-    )
-
-
-def resnet44(
-    num_classes=100,
-    input_shape=(32, 32, 3),
-    weight_decay=0.0,
-    data_format=None,
-    name="resnet44",
-):
-    return _build(
-        "resnet44", num_classes, input_shape, weight_decay, data_format, name
-    )
-
-
-def resnet56(
-    num_classes=100,
-    input_shape=(32, 32, 3),
-    weight_decay=0.0,
-    data_format=None,
-    name="resnet56",
-):
-    return _build(
-        "resnet56", num_classes, input_shape, weight_decay, data_format, name
-    )
-
-
-def resnet110(
-    num_classes=100,
-    input_shape=(32, 32, 3),
-    weight_decay=0.0,
-    data_format=None,
-    name="resnet110",
-):
-    return _build(
-        "resnet110", num_classes, input_shape, weight_decay, data_format, name
-    )
-
-
-def resnet8x4(
-    num_classes=100,
-    input_shape=(32, 32, 3),
-    weight_decay=0.0,
-    data_format=None,
-    name="resnet8x4",
-):
-    return _build(
-        "resnet8x4", num_classes, input_shape, weight_decay, data_format, name
-    )
-
-
-def resnet32x4(
-    num_classes=100,
-    input_shape=(32, 32, 3),
-    weight_decay=0.0,
-    data_format=None,
-    name="resnet32x4",
-):
-    return _build(
-        "resnet32x4", num_classes, input_shape, weight_decay, data_format, name
-    )
-
-
-BUILDERS = {
-    fn.__name__: fn
-    for fn in (
-        resnet8,
-        resnet14,
-        resnet20,
-        resnet32,
-        resnet44,
-        resnet56,
-        resnet110,
-        resnet8x4,
-        resnet32x4,
-    )
-}
-for _arch, (_label, _depth, _widths) in CONFIGS.items():
-    BUILDERS[_arch].__doc__ = BUILDER_DOCSTRING.format(
-        label=_label,
-        arch=_arch,
-        depth=_depth,
-        stem=_widths[0],
-        blocks=(_depth - 2) // 6,
-        stages="/".join(str(w) for w in _widths[1:]),
-    )
-del _arch, _label, _depth, _widths
+# The named builders, generated from `CONFIGS` (signatures in
+# `keras_edu.models.common.named_builders`).
+BUILDERS = common.named_builders(__name__, CONFIGS, _build, _docstring)
+resnet8 = BUILDERS["resnet8"]
+resnet14 = BUILDERS["resnet14"]
+resnet20 = BUILDERS["resnet20"]
+resnet32 = BUILDERS["resnet32"]
+resnet44 = BUILDERS["resnet44"]
+resnet56 = BUILDERS["resnet56"]
+resnet110 = BUILDERS["resnet110"]
+resnet8x4 = BUILDERS["resnet8x4"]
+resnet32x4 = BUILDERS["resnet32x4"]

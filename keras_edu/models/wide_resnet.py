@@ -20,9 +20,9 @@ head_bn, head_relu, head_pool, logits
 Strided 3x3 convolutions are preceded by a `..._conv1_pad` ZeroPadding2D.
 """
 
+import functools
 import numbers
 
-import keras
 from keras import layers
 
 from keras_edu.models import common
@@ -147,34 +147,31 @@ def cifar_wide_resnet(
             "`dropout_rate` must be in [0, 1). "
             f"Received: dropout_rate={dropout_rate!r}."
         )
-    common.check_model_args(num_classes, input_shape)
-    data_format = common.standardize_data_format(data_format)
-    kwargs = dict(weight_decay=weight_decay, data_format=data_format)
-    blocks_per_stage = (depth - 4) // 6
-    widths = [16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
+    return common.residual_network(
+        _stem,
+        functools.partial(apply_preact_block, dropout_rate=dropout_rate),
+        _head,
+        [16 * widen_factor, 32 * widen_factor, 64 * widen_factor],
+        (depth - 4) // 6,
+        num_classes,
+        input_shape,
+        weight_decay,
+        data_format,
+        name,
+    )
 
-    inputs = keras.Input(shape=tuple(input_shape), name="input")
-    x = common.conv(inputs, 16, 3, 1, "stem_conv", **kwargs)
 
-    for stage, (filters, strides) in enumerate(zip(widths, (1, 2, 2)), 1):
-        for block in range(1, blocks_per_stage + 1):
-            last = block == blocks_per_stage
-            x = apply_preact_block(
-                x,
-                filters,
-                strides if block == 1 else 1,
-                name=f"stage{stage}_block{block}",
-                output_name=f"stage{stage}_out" if last else None,
-                dropout_rate=dropout_rate,
-                **kwargs,
-            )
+def _stem(inputs, weight_decay, data_format):
+    # Pre-activation: the first block normalises the stem's output.
+    return common.conv(inputs, 16, 3, 1, "stem_conv", weight_decay, data_format)
 
+
+def _head(x, num_classes, weight_decay, data_format):
     # The last block's sum has not been normalised yet (pre-activation), so
     # the head starts with the final BN + ReLU.
     x = common.batch_norm(x, "head_bn", data_format)
     x = common.relu(x, "head_relu")
-    outputs = common.classifier(x, num_classes, **kwargs)
-    return keras.Model(inputs, outputs, name=name)
+    return common.classifier(x, num_classes, weight_decay, data_format)
 
 
 # The named architectures: name -> (label, depth, widen_factor).
@@ -186,17 +183,9 @@ CONFIGS = {
 }
 
 
-def _build(arch, num_classes, input_shape, weight_decay, data_format, name):
+def _build(arch, **arguments):
     _, depth, widen_factor = CONFIGS[arch]
-    return cifar_wide_resnet(
-        depth,
-        widen_factor,
-        num_classes=num_classes,
-        input_shape=input_shape,
-        weight_decay=weight_decay,
-        data_format=data_format,
-        name=name,
-    )
+    return cifar_wide_resnet(depth, widen_factor, **arguments)
 
 
 # One template for the named builders, as keras.applications does.
@@ -210,60 +199,20 @@ BUILDER_DOCSTRING = """{label} for CIFAR, RepDistiller's `{arch}`.
 """ + common.BUILDER_ARGS_DOCSTRING
 
 
-def wrn_16_1(
-    num_classes=100,
-    input_shape=(32, 32, 3),
-    weight_decay=0.0,
-    data_format=None,
-    name="wrn_16_1",
-):
-    return _build(
-        "wrn_16_1", num_classes, input_shape, weight_decay, data_format, name
+def _docstring(arch):
+    _, depth, widen_factor = CONFIGS[arch]
+    return BUILDER_DOCSTRING.format(
+        label=CONFIGS[arch][0],
+        arch=arch,
+        blocks=(depth - 4) // 6,
+        stages="/".join(str(w * widen_factor) for w in (16, 32, 64)),
     )
 
 
-def wrn_16_2(
-    num_classes=100,
-    input_shape=(32, 32, 3),
-    weight_decay=0.0,
-    data_format=None,
-    name="wrn_16_2",
-):
-    return _build(
-        "wrn_16_2", num_classes, input_shape, weight_decay, data_format, name
-    )
-
-
-def wrn_40_1(
-    num_classes=100,
-    input_shape=(32, 32, 3),
-    weight_decay=0.0,
-    data_format=None,
-    name="wrn_40_1",
-):
-    return _build(
-        "wrn_40_1", num_classes, input_shape, weight_decay, data_format, name
-    )
-
-
-def wrn_40_2(
-    num_classes=100,
-    input_shape=(32, 32, 3),
-    weight_decay=0.0,
-    data_format=None,
-    name="wrn_40_2",
-):
-    return _build(
-        "wrn_40_2", num_classes, input_shape, weight_decay, data_format, name
-    )
-
-
-BUILDERS = {fn.__name__: fn for fn in (wrn_16_1, wrn_16_2, wrn_40_1, wrn_40_2)}
-for _arch, (_label, _depth, _widen) in CONFIGS.items():
-    BUILDERS[_arch].__doc__ = BUILDER_DOCSTRING.format(
-        label=_label,
-        arch=_arch,
-        blocks=(_depth - 4) // 6,
-        stages="/".join(str(w * _widen) for w in (16, 32, 64)),
-    )
-del _arch, _label, _depth, _widen
+# The named builders, generated from `CONFIGS` (signatures in
+# `keras_edu.models.common.named_builders`).
+BUILDERS = common.named_builders(__name__, CONFIGS, _build, _docstring)
+wrn_16_1 = BUILDERS["wrn_16_1"]
+wrn_16_2 = BUILDERS["wrn_16_2"]
+wrn_40_1 = BUILDERS["wrn_40_1"]
+wrn_40_2 = BUILDERS["wrn_40_2"]
