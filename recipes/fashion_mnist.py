@@ -64,7 +64,8 @@ def define_flags(flag_values):
     flags.DEFINE_list(
         "boundaries",
         ["2", "4"],
-        "Epochs at which ED grades 2 and 3 start.",
+        "When ED grades 2 and 3 start: epochs (`2,4`) or fractions of "
+        "--epochs (`0.625,0.75`, the reference's shape).",
         **fv,
     )
     flags.DEFINE_integer("batch_size", 128, "Batch size.", **fv)
@@ -243,9 +244,9 @@ def body(flag_values):
         seed=seed,
         verbose=flag_values.verbose,
     )
-    boundaries = cli.int_list(
-        flag_values.boundaries, "boundaries", minimum=1
-    )
+    # Epochs or fractions of --epochs; `distill.check_boundaries` resolves
+    # them with `keras_edu.GradeCallback`, as the distill recipe does.
+    boundaries = cli.number_list(flag_values.boundaries, "boundaries")
     data_info = locate_data(flag_values.data_dir)
     data = data_loading.load_data(
         "fashion_mnist",

@@ -198,6 +198,25 @@ def test_fashion_mnist_main_job_quick(job, fmnist):
         )
 
 
+@pytest.mark.parametrize(
+    "boundaries, match",
+    [
+        ("0.5,2", "every value as a fraction of --epochs"),
+        ("2,1", "--boundaries=2,1"),
+    ],
+)
+def test_fashion_mnist_boundaries_are_checked_before_training(
+    fmnist, tmp_path, boundaries, match
+):
+    # Epochs or fractions, resolved and refused by keras_edu.GradeCallback
+    # as in recipes/distill.py, before any teacher trains.
+    with pytest.raises(common.RecipeError, match=match):
+        fashion_mnist.run([
+            "--quick", f"--data_dir={fmnist}", f"--out_dir={tmp_path / 'out'}",
+            f"--boundaries={boundaries}", "--verbose=0",
+        ])
+
+
 @pytest.mark.parametrize("method", ["scratch", "kd", "ed"])
 def test_main_job_students_have_every_field(job, method):
     with open(job["out"] / f"student_{method}_seed0.json") as f:
