@@ -62,8 +62,8 @@ def main():
             epoch_seconds(distiller, data)  # retrace
             times[mode].append(epoch_seconds(distiller, data))
     on, off = (float(np.median(times[m])) for m in ("count on", "count off"))
-    print(f"| backend | epoch, count on (s) | epoch, count off (s) | ratio |")
-    print(f"|---|---|---|---|")
+    print("| backend | epoch, count on (s) | epoch, count off (s) | ratio |")
+    print("|---|---|---|---|")
     print(f"| {keras.backend.backend()} | {on:.2f} | {off:.2f} | {on / off:.3f} |")
 
 

@@ -10,11 +10,10 @@ costs 3 forward passes (forward + backward) of the student plus one
 forward pass of each teacher that runs on the example.
 """
 
-import threading
-
 import keras
 import numpy as np
 
+from keras_edu import _keras_internals
 from keras_edu.utils import input_shape_of
 
 __all__ = ["TrainingCost", "forward_flops"]
@@ -59,7 +58,7 @@ def forward_flops(model, input_shape=None):
     counted = []
     layers = [
         layer
-        for layer in model._flatten_layers(include_self=False)
+        for layer in _keras_internals.flatten_layers(model, include_self=False)
         if isinstance(layer, (keras.layers.Dense, _CONV_TYPES))
     ]
     # Record each layer's input and output shapes as the pass runs: nested
@@ -81,14 +80,10 @@ _CONV_TYPES = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D,
 
 def _recording(layer, counted):
     original = layer.call
-    # Only this thread's pass counts: on JAX, GradeCallback may be tracing
-    # the next grade (which shares these layers) in a background thread.
-    owner = threading.get_ident()
 
     def call(inputs, *args, **kwargs):
         outputs = original(inputs, *args, **kwargs)
-        if threading.get_ident() == owner:
-            counted.append((layer, tuple(inputs.shape), tuple(outputs.shape)))
+        counted.append((layer, tuple(inputs.shape), tuple(outputs.shape)))
         return outputs
 
     return call
@@ -118,6 +113,12 @@ class TrainingCost(keras.callbacks.Callback):
     times the FLOPs of the teachers that teach it (plus the generalists of
     `generalists_teach="seen"`); for a plain Distiller every teacher runs on
     every example; a bare `keras.Model` has no teacher part.
+
+    With `Distiller(..., cache_teachers=...)` the teachers never run in a
+    step: each ran once over the training samples it teaches when `fit`
+    started (`Distiller.teacher_cache_examples`), so their part is that
+    pass, counted once at the start, and an epoch costs the student's part
+    only.
 
     Args:
         batch_size: The batch size passed to `fit`.
@@ -149,7 +150,14 @@ class TrainingCost(keras.callbacks.Callback):
         self._flops = {}
 
     def on_train_begin(self, logs=None):
-        self.total = 0.0
+        self.total = float(self.teacher_cache_flops())
+
+    def teacher_cache_flops(self):
+        """FLOPs of the teacher pass that filled this fit's teacher cache."""
+        examples = getattr(self.model, "teacher_cache_examples", None)
+        if not getattr(self.model, "cache_teachers", False) or not examples:
+            return 0
+        return sum(n * self._forward(t) for n, t in zip(examples, self.model.teachers))
 
     def on_epoch_end(self, epoch, logs=None):
         examples = self.params["steps"] * self.batch_size
@@ -163,19 +171,17 @@ class TrainingCost(keras.callbacks.Callback):
         student = getattr(model, "student", model)
         cost = BACKWARD_FACTOR * self._forward(student)
         teachers = getattr(model, "teachers", None)
-        if not teachers:
+        if not teachers or getattr(model, "cache_teachers", False):
             return cost
         teacher_flops = [self._forward(t) for t in teachers]
-        if getattr(model, "graded_student", None) is None:
-            return cost + sum(teacher_flops)
-        routing = model._grade_routing
-        counts = np.asarray(model.curriculum.samples_per_group()[: routing.grade], "float64")
-        shares = counts / counts.sum()
-        for share, branch in zip(shares, routing.branches):
-            cost += share * sum(teacher_flops[k] for k, _ in branch.members)
-        if routing.seen_branch is not None:
-            cost += sum(teacher_flops[k] for k, _ in routing.seen_branch.members)
-        return cost
+        plan = model.routing_plan(getattr(model, "grade", None))
+        shares = None
+        if plan.group_branches:
+            counts = np.asarray(
+                model.curriculum.samples_per_group()[: plan.grade], "float64"
+            )
+            shares = list(counts / counts.sum())
+        return cost + plan.teacher_flops(teacher_flops, shares)
 
     def _forward(self, model):
         key = id(getattr(model, "model", model))

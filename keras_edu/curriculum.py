@@ -1,13 +1,15 @@
 """`CurriculumDataset`: homogeneous-group batches of the classes seen so far."""
 
-import gc
+import contextlib
 import math
 
 import keras
 import numpy as np
 
+from keras_edu import _keras_internals
 from keras_edu import teacher_cache
 from keras_edu.partition import ClassPartition
+from keras_edu.utils import check_integer
 
 ORDERS = ("interleaved", "sequential", "stratified")
 # Chosen by measured accuracy: docs/results.md and docs/education.md
@@ -101,11 +103,7 @@ class CurriculumDataset(keras.utils.PyDataset):
             raise ValueError(
                 f"`order` must be one of {ORDERS}. Received: order={order!r}."
             )
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(
-                f"`batch_size` must be a positive integer. Received: "
-                f"batch_size={batch_size!r}."
-            )
+        batch_size = check_integer(batch_size, "batch_size")
         self.num_processes, self.process_index = _check_process_share(
             num_processes, process_index, batch_size, seed
         )
@@ -120,6 +118,8 @@ class CurriculumDataset(keras.utils.PyDataset):
             # Fail now, not at the last grade's boundary hours into `fit`.
             _proportional_split(batch_size, self._source.counts)
         self._plan = self._make_plan()
+        # Weak references to the epoch iterators of the running `fit`.
+        self._epoch_iterators = []
 
     @property
     def num_batches(self):
@@ -206,7 +206,24 @@ class CurriculumDataset(keras.utils.PyDataset):
             return
         self.grade = grade
         self._plan = self._make_plan()
-        _refresh_keras_epoch_iterators(self)
+        _keras_internals.refresh_batch_counts(self._epoch_iterators, self.num_batches)
+
+    @contextlib.contextmanager
+    def served_by_fit(self):
+        """The block in which a `fit()` trains on this dataset.
+
+        Keras reads a PyDataset's length once, when `fit` starts; inside
+        this block `set_grade` also resizes the epochs of that `fit`, so a
+        grade switch between epochs takes effect at once. `Distiller.fit`
+        opens it; open it around your own `model.fit(curriculum)` if you
+        switch grades in a callback.
+        """
+        with _keras_internals.epoch_iterators_over(self) as iterators:
+            self._epoch_iterators = iterators
+            try:
+                yield self
+            finally:
+                self._epoch_iterators = []
 
     def samples_per_group(self):
         """Number of training samples of each group (all groups)."""
@@ -413,11 +430,7 @@ def _make_source(x, y, partition, batch_size, rng):
 
 
 def _check_process_share(num_processes, process_index, batch_size, seed):
-    if not isinstance(num_processes, int) or num_processes < 1:
-        raise ValueError(
-            "`num_processes` must be a positive integer. Received: "
-            f"num_processes={num_processes!r}."
-        )
+    check_integer(num_processes, "num_processes")
     if not isinstance(process_index, int) or not 0 <= process_index < num_processes:
         raise ValueError(
             f"`process_index` must be an integer in [0, {num_processes}). "
@@ -455,35 +468,3 @@ def _check_label_range(labels, partition):
             f"Labels must be class ids in [0, {partition.num_classes}) to match "
             f"`partition`. Received labels in [{labels.min()}, {labels.max()}]."
         )
-
-
-def _refresh_keras_epoch_iterators(py_dataset):
-    """Tells Keras's running epoch iterators that the dataset changed length.
-
-    `fit()` reads a PyDataset's `num_batches` once, when it builds its
-    epoch iterator, and then runs that many steps every epoch. A grade
-    switch changes the number of batches between epochs, so we update the
-    cached count on the iterator(s) that serve this dataset.
-    """
-    from keras.src.trainers.epoch_iterator import EpochIterator
-
-    for adapter in _owners_of(py_dataset):
-        if getattr(adapter, "py_dataset", None) is not py_dataset:
-            continue
-        for iterator in _owners_of(adapter):
-            if isinstance(iterator, EpochIterator) and iterator.data_adapter is adapter:
-                iterator._num_batches = py_dataset.num_batches
-
-
-def _owners_of(obj):
-    """Objects holding a reference to `obj` in an attribute."""
-    owners = []
-    for referrer in gc.get_referrers(obj):
-        if isinstance(referrer, dict):
-            owners.extend(
-                o for o in gc.get_referrers(referrer)
-                if getattr(o, "__dict__", None) is referrer
-            )
-        else:
-            owners.append(referrer)
-    return owners

@@ -11,6 +11,7 @@ from keras_edu import growth
 from keras_edu import schedules
 from keras_edu.curriculum import DEFAULT_ORDER
 from keras_edu.curriculum import ORDERS
+from keras_edu.utils import check_integer
 
 logger = logging.getLogger("keras_edu")
 
@@ -130,17 +131,12 @@ class GradeCallback(keras.callbacks.Callback):
         self.optimizer_state = optimizer_state
         self.init_new_head_from_old = bool(init_new_head_from_old)
         self.zero_init_residual = bool(zero_init_residual)
-        if (
-            isinstance(batchnorm_samples, bool)
-            or not isinstance(batchnorm_samples, int)
-            or batchnorm_samples < 0
-        ):
-            raise ValueError(
-                "`batchnorm_samples` must be an integer >= 0 (0 turns the "
-                "re-estimation off). Received: "
-                f"batchnorm_samples={batchnorm_samples!r}."
-            )
-        self.batchnorm_samples = batchnorm_samples
+        self.batchnorm_samples = check_integer(
+            batchnorm_samples,
+            "batchnorm_samples",
+            minimum=0,
+            meaning=" (0 turns the re-estimation off)",
+        )
         self.order = order
         self.seed = seed
         self.precompile = _check_precompile(precompile)

@@ -68,7 +68,7 @@ class GradedStudent:
         self._stage_shapes = _chain_stage_shapes(self.stages, self.input_shape)
         self.head = head
         self.references = self._resolve_references(references)
-        _check_blocks_output(self._blocks(), self._stage_shapes, partition)
+        _check_heads_output(self._heads(), self._stage_shapes, partition)
         self._models = {}
 
     @classmethod
@@ -139,7 +139,7 @@ class GradedStudent:
             x = inputs
             for stage in self.stages[:grade]:
                 x = stage(x)
-            outputs = self._blocks()[grade - 1](x)
+            outputs = self._heads()[grade - 1](x)
             name = "student" if grade == self.num_grades else f"student_grade{grade}"
             self._models[grade] = keras.Model(inputs, outputs, name=name)
         return self._models[grade]
@@ -156,7 +156,8 @@ class GradedStudent:
         """The global class ids predicted at `grade`, in logit order."""
         return self.partition.classes_up_to(grade)
 
-    def _blocks(self):
+    def _heads(self):
+        """The head of each grade: its teaching-reference block, then the real head."""
         return list(self.references) + [self.head]
 
     def _resolve_references(self, references):
@@ -237,7 +238,7 @@ def _chain_stage_shapes(stages, input_shape):
     return shapes
 
 
-def _check_blocks_output(blocks, stage_shapes, partition):
+def _check_heads_output(blocks, stage_shapes, partition):
     for grade, block in enumerate(blocks, start=1):
         expected = len(partition.classes_up_to(grade))
         role = "head" if grade == len(blocks) else f"references[{grade - 1}]"

@@ -11,6 +11,8 @@ seen, and BatchNorm statistics re-estimated on the new grade's data.
 import keras
 from keras import ops
 
+from keras_edu import _keras_internals
+
 __all__ = [
     "copy_seen_class_rows",
     "reestimate_batchnorm_statistics",
@@ -194,7 +196,7 @@ def reestimate_batchnorm_statistics(model, batches):
     """
     layers = [
         layer
-        for layer in model._flatten_layers(include_self=True)
+        for layer in _keras_internals.flatten_layers(model)
         if isinstance(layer, keras.layers.BatchNormalization)
     ]
     if not layers:

@@ -90,6 +90,29 @@ def first_batch_inputs(x, batch_size):
     return None
 
 
+def check_before_training(x, batch_size, input_shape, teachers):
+    """Raises before the first step when `x` or a teacher is not finite.
+
+    A NaN pixel or a teacher trained into NaN would make every loss NaN
+    while training goes on: say which, before the first step.
+
+    Args:
+        x: What `fit` was given as `x`.
+        batch_size: `fit`'s batch size.
+        input_shape: The student's input shape without the batch axis.
+        teachers: The `keras_edu.Teacher`s, in the Distiller's order.
+    """
+    check_finite_inputs(x)
+    inputs = first_batch_inputs(x, batch_size)
+    if inputs is None:
+        return
+    inputs = np.asarray(inputs)
+    if input_shape is not None and inputs.ndim == len(input_shape):
+        inputs = inputs[None]  # one example of an unbatched dataset
+    check_finite_inputs(inputs, name="x (its first batch)")
+    check_teachers_finite(teachers, inputs)
+
+
 def check_teachers_finite(teachers, x):
     """Runs each teacher on `x` and raises a ValueError naming one with NaN/Inf logits.
 

@@ -4,6 +4,7 @@ import keras
 import numpy as np
 
 from keras_edu.partition import ClassPartition
+from keras_edu.utils import check_integer
 
 # `keras_edu.visualize.curriculum_chart` reads these keys back from History.
 KEY_TEMPLATE = "val_group_{}_accuracy"
@@ -92,15 +93,10 @@ class PerGroupAccuracy(keras.callbacks.Callback):
                 f"`x` and `y` must have the same length. Received: len(x)="
                 f"{num_inputs}, len(y)={len(labels)}."
             )
-        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(
-                "`batch_size` must be a positive integer. Received: "
-                f"batch_size={batch_size!r}."
-            )
         self.x = x
         self.labels = labels
         self.partition = partition
-        self.batch_size = int(batch_size)
+        self.batch_size = check_integer(batch_size, "batch_size")
         # Each example's group, once: the groups never change during `fit`.
         self._groups = partition.group_of(labels) if labels.size else labels
 

@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 
+from keras_edu import _keras_internals
 from keras_edu.utils import output_width
 
 
@@ -81,7 +82,7 @@ class Teacher(keras.layers.Layer):
         outputs = self.model(inputs, training=False)
         # Activity regularizers inside the teacher record losses when it
         # runs; they are not the student's and must not enter its loss.
-        self.model._clear_losses()
+        _keras_internals.clear_losses(self.model)
         return outputs
 
     def compute_output_spec(self, inputs):

@@ -57,7 +57,7 @@ def check_cacheable(x):
     )
 
 
-def fill(forwards, x, directory=None, batch_size=FILL_BATCH_SIZE):
+def fill(forwards, x, directory=None, batch_size=FILL_BATCH_SIZE, rows=None):
     """Runs each teacher over `x` once and keeps what it returns.
 
     Args:
@@ -68,6 +68,10 @@ def fill(forwards, x, directory=None, batch_size=FILL_BATCH_SIZE):
         directory: None to keep the outputs in memory, or a directory in
             which each output becomes a `.npy` memmap.
         batch_size: Examples per teacher pass.
+        rows: None (every teacher on every sample), or one entry per
+            teacher: None, or the sorted indices of the samples it runs on.
+            The other samples' outputs are zeros (see
+            `keras_edu.routing.samples_each_teacher_teaches`).
 
     Returns:
         `(outputs, seconds)`: a list with one structure of `(len(x), ...)`
@@ -78,9 +82,15 @@ def fill(forwards, x, directory=None, batch_size=FILL_BATCH_SIZE):
         os.makedirs(directory, exist_ok=True)
     outputs = []
     for k, forward in enumerate(forwards):
+        wanted = None if rows is None else rows[k]
+        indices = np.arange(len(x)) if wanted is None else np.asarray(wanted)
+        # A teacher that teaches no sample still runs once, on one sample,
+        # to learn the shapes of what it returns.
+        probe = indices if len(indices) else np.arange(min(1, len(x)))
         structure, stores = None, None
-        for begin in range(0, len(x), batch_size):
-            output = forward(x[begin : begin + batch_size])
+        for begin in range(0, len(probe), batch_size):
+            chunk = probe[begin : begin + batch_size]
+            output = forward(x[chunk])
             batch = keras.tree.flatten_with_path(output)
             if stores is None:
                 structure = output
@@ -88,8 +98,9 @@ def fill(forwards, x, directory=None, batch_size=FILL_BATCH_SIZE):
                     _allocate(directory, k, path, (len(x),) + a.shape[1:], a.dtype)
                     for path, a in batch
                 ]
-            for store, (_, array) in zip(stores, batch):
-                store[begin : begin + len(array)] = array
+            if len(indices):
+                for store, (_, array) in zip(stores, batch):
+                    store[chunk] = array
         outputs.append(keras.tree.pack_sequence_as(structure, stores))
     return outputs, time.perf_counter() - start
 
@@ -123,8 +134,9 @@ def _key(k):
 
 
 def _allocate(directory, k, path, shape, dtype):
+    # Zeros: the rows a teacher skips (`fill(rows=...)`) must be finite.
     if directory is None:
-        return np.empty(shape, dtype)
+        return np.zeros(shape, dtype)
     name = "_".join(["teacher", str(k)] + [str(p) for p in path]) + ".npy"
     return np.lib.format.open_memmap(
         os.path.join(directory, name), mode="w+", dtype=dtype, shape=shape

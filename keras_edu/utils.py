@@ -55,3 +55,17 @@ def check_positive(value, name):
             f"{name}={value!r}."
         )
     return float(value)
+
+
+def check_integer(value, name, minimum=1, meaning=""):
+    """`value` as an int, or a ValueError naming `name` if it is not >= `minimum`.
+
+    NumPy integers are accepted; booleans are not. `meaning` (e.g.
+    `" (0 turns it off)"`) follows the requirement in the message.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        requirement = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(
+            f"`{name}` must be {requirement}{meaning}. Received: {name}={value!r}."
+        )
+    return int(value)

@@ -270,24 +270,11 @@ def check_lr_schedule(lr_schedule, method, lr_decay_epochs=()):
         )
 
 
-def amtml_available():
-    """Whether keras_edu has the one-call AMTML term the amtml methods use."""
-    return hasattr(keras_edu.losses, "AMTML")
-
-
 def check_method(method):
-    """Refuses methods this keras_edu cannot run yet, before any work."""
+    """Refuses an unknown `--method` before any work."""
     if method not in METHODS:
         raise cli.RecipeError(
             f"Unknown --method={method}. Valid methods: {', '.join(METHODS)}."
-        )
-    if method in AMTML_METHODS and not amtml_available():
-        raise cli.RecipeError(
-            f"--method={method} needs the AMTML Distiller wiring "
-            "(`keras_edu.losses.AMTML` with the Distiller's feature taps), "
-            "which is not available in this keras_edu version yet; see "
-            "docs/many_teachers.md. Meanwhile use --method=aver (teachers' "
-            "probabilities averaged) or --method=ed."
         )
 
 

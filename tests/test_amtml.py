@@ -8,7 +8,6 @@ AMTML inside education distillation.
 import keras
 import numpy as np
 import pytest
-from keras import ops
 from test_amtml_terms import np_angles
 from test_amtml_terms import np_distances
 from test_amtml_terms import np_hint
@@ -20,6 +19,7 @@ from test_education import _CallCounter
 import keras_edu
 from keras_edu.layers import HintRegressor
 from keras_edu.layers import TeacherImportance
+from helpers import to_numpy
 
 BACKEND = keras.backend.backend()
 INPUT_SHAPE = (8, 8, 2)
@@ -31,10 +31,6 @@ JIT = False if BACKEND == "tensorflow" else "auto"
 # --------------------------------------------------------------------------
 # Models and data.
 # --------------------------------------------------------------------------
-
-
-def to_numpy(x):
-    return ops.convert_to_numpy(x)
 
 
 def conv(filters, name, strides=1):
@@ -409,7 +405,7 @@ def test_education_with_one_teacher_per_group_equals_plain_kd():
     )
     x, _ = data(8)
     for blocks, y in [(None, np.full(8, 3)), ((4, 4), np.array([0, 1] * 2 + [2, 3] * 2))]:
-        plain._blocks = amtml._blocks = blocks
+        plain._rows_per_group = amtml._rows_per_group = blocks
         z = plain.student(x, training=False)
         expected = plain.compute_loss(x, y, z, training=True)
         got = amtml.compute_loss(x, y, amtml(x, training=False), training=True)

@@ -17,6 +17,9 @@ from keras_edu.losses.adaptive_ensemble_kd import AdaptiveEnsembleKD
 from keras_edu.losses.hint_loss import HintLoss
 from keras_edu.losses.rkd import RKDAngle, RKDDistance
 from keras_edu.losses.soft_target_kd import SoftTargetKD
+from helpers import np_kl
+from helpers import np_softmax
+from helpers import to_numpy
 
 BACKEND = keras.backend.backend()
 
@@ -24,16 +27,6 @@ BACKEND = keras.backend.backend()
 # --------------------------------------------------------------------------
 # NumPy references, written out by hand (float64).
 # --------------------------------------------------------------------------
-
-
-def np_softmax(logits, axis=-1):
-    shifted = logits - logits.max(axis=axis, keepdims=True)
-    e = np.exp(shifted)
-    return e / e.sum(axis=axis, keepdims=True)
-
-
-def np_kl(p, q):
-    return np.sum(p * (np.log(p) - np.log(q)), axis=-1)
 
 
 def np_importance(features, theta, w, pooling="max"):
@@ -113,10 +106,6 @@ def np_distances(e):
         if i != j:
             d[i, j] = max(np.linalg.norm(e[i] - e[j]), 1e-6)  # sqrt(1e-12)
     return d / d[d > 0].mean()
-
-
-def to_numpy(x):
-    return keras.ops.convert_to_numpy(x)
 
 
 def run(fn):

@@ -8,11 +8,7 @@ inferred from its files. One `distill.py` run (1 epoch, 8x8 images)
 checks the results JSON.
 """
 
-import gzip
 import json
-import os
-import struct
-import sys
 
 from absl import flags
 import numpy as np
@@ -24,12 +20,11 @@ Image = pytest.importorskip("PIL.Image")
 
 from keras_edu.data import balanced_subset  # noqa: E402
 
-RECIPES = os.path.abspath(
-    os.path.join(os.path.dirname(__file__), os.pardir, "recipes")
-)
-sys.path.insert(0, RECIPES)
+import helpers  # noqa: E402
 
-import common  # noqa: E402
+RECIPES = helpers.recipes_on_path()
+
+import cli  # noqa: E402
 import configs  # noqa: E402
 import data_loading  # noqa: E402
 import distill  # noqa: E402
@@ -59,21 +54,13 @@ def split_folder(root, train, test, size=(8, 8)):
     return root
 
 
-def _save_idx(path, array):
-    header = struct.pack(
-        f">I{array.ndim}I", 2051 if array.ndim == 3 else 2049, *array.shape
-    )
-    with gzip.open(path, "wb") as f:
-        f.write(header + array.astype(np.uint8).tobytes())
-
-
 def sorted_fashion_mnist(folder, train=60, test=30):
     """Fake Fashion-MNIST IDX files whose labels are sorted by class."""
     for prefix, count in (("train", train), ("t10k", test)):
         labels = np.sort(np.arange(count) % 10)
         images = np.repeat(labels, 28 * 28).reshape(count, 28, 28)
-        _save_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images * 20)
-        _save_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
+        helpers.save_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images * 20)
+        helpers.save_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
     return folder
 
 
@@ -242,26 +229,26 @@ def _flags(*argv):
     flag_values = flags.FlagValues()
     distill.define_flags(flag_values)
     flag_values(["distill.py", "--method=scratch", *argv])
-    common.resolve_flags(flag_values, configs, {})
+    cli.resolve_flags(flag_values, configs, {})
     return flag_values
 
 
 def test_sizes_smaller_than_the_classes_are_refused(tmp_path):
     root = split_folder(tmp_path / "images", [4, 4, 4], [4, 4, 4])
     with pytest.raises(
-        common.RecipeError,
+        cli.RecipeError,
         match=r"--train_size=2 is smaller than the 3 classes.*"
         r"--train_size=3 or more, or 0 for all",
     ):
         data_loading.load_data(str(root), train_size=2)
-    with pytest.raises(common.RecipeError, match="--test_size must be >= 0"):
+    with pytest.raises(cli.RecipeError, match="--test_size must be >= 0"):
         data_loading.load_data(str(root), test_size=-1)
 
 
 def test_typed_sizes_larger_than_the_split_are_refused(tmp_path):
     root = split_folder(tmp_path / "images", [4, 4, 4], [4, 4, 4])
     with pytest.raises(
-        common.RecipeError,
+        cli.RecipeError,
         match=r"--test_size=100 is more than the 12 images of the test "
         r"split\. Pass --test_size=12 or less, or 0 for all",
     ):

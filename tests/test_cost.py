@@ -85,6 +85,23 @@ def test_training_cost_of_plain_distiller_runs_every_teacher():
     assert history.history["train_cost"] == [10 * per_example]
 
 
+
+
+def test_training_cost_counts_cached_teachers_once():
+    # Teachers of widths 3 and 3 over 4 inputs; the student a Dense(4 -> 3).
+    # Cached: each teacher runs once over the 10 training examples when fit
+    # starts, and every epoch costs the student's 3 passes only.
+    student = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    teachers = [keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)]) for _ in range(2)]
+    distiller = keras_edu.Distiller(student, teachers, cache_teachers=True)
+    distiller.compile(optimizer="sgd")
+    history = distiller.fit(
+        np.zeros((10, 4), "float32"), np.zeros((10,), "int32"), batch_size=5,
+        epochs=2, verbose=0, callbacks=[TrainingCost(batch_size=5)],
+    )
+    fill = 10 * 2 * (2 * 4 * 3)
+    student_epoch = 10 * 3 * (2 * 4 * 3)
+    assert history.history["train_cost"] == [fill + student_epoch, fill + 2 * student_epoch]
 @pytest.mark.parametrize("bad", [0, 2.5, None])
 def test_training_cost_checks_batch_size(bad):
     with pytest.raises(ValueError, match="batch_size"):

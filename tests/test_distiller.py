@@ -11,6 +11,9 @@ import pytest
 
 import keras_edu
 from keras_edu.losses import SoftTargetKD
+from helpers import bn_dropout_model
+from helpers import np_softmax
+from helpers import to_numpy
 
 RTOL = 1e-5
 ATOL = 1e-5
@@ -19,12 +22,6 @@ ATOL = 1e-5
 # --------------------------------------------------------------------------
 # NumPy reference of the spec, written out by hand (one example at a time).
 # --------------------------------------------------------------------------
-
-
-def np_softmax(logits):
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    e = np.exp(shifted)
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 def np_log_softmax(logits):
@@ -101,10 +98,6 @@ def reference_loss(z, y, teachers, alpha, temperature, sample_weight=None):
 # --------------------------------------------------------------------------
 
 
-def to_numpy(tensor):
-    return keras.ops.convert_to_numpy(tensor)
-
-
 def dense_model(width, input_dim=8, name=None, **dense_kwargs):
     dense_kwargs.setdefault(
         "kernel_initializer", keras.initializers.RandomNormal(stddev=1.0)
@@ -115,19 +108,6 @@ def dense_model(width, input_dim=8, name=None, **dense_kwargs):
     return keras.Sequential(
         [keras.Input((input_dim,)), keras.layers.Dense(width, **dense_kwargs)],
         name=name,
-    )
-
-
-def bn_dropout_model(width, input_dim=8):
-    return keras.Sequential(
-        [
-            keras.Input((input_dim,)),
-            keras.layers.Dense(16),
-            keras.layers.BatchNormalization(),
-            keras.layers.ReLU(),
-            keras.layers.Dropout(0.5),
-            keras.layers.Dense(width),
-        ]
     )
 
 

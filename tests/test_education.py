@@ -410,12 +410,14 @@ def test_single_group_batches_are_full(order):
         assert {r.tobytes() for r in members} <= {r.tobytes() for r in rows}
 
 
-def test_unchanged_grade_skips_the_iterator_scan(monkeypatch):
-    import keras_edu.curriculum as curriculum
+def test_unchanged_grade_leaves_the_epoch_iterators_alone(monkeypatch):
+    from keras_edu import _keras_internals
 
     scans = []
     monkeypatch.setattr(
-        curriculum, "_refresh_keras_epoch_iterators", lambda d: scans.append(d)
+        _keras_internals,
+        "refresh_batch_counts",
+        lambda iterators, count: scans.append(count),
     )
     partition = keras_edu.ClassPartition.contiguous(6, "1:1:1")
     x, y = _data(per_class=4)
@@ -423,7 +425,7 @@ def test_unchanged_grade_skips_the_iterator_scan(monkeypatch):
     data.set_grade(1)
     assert scans == []
     data.set_grade(2)
-    assert scans == [data] and len(data) == 4
+    assert scans == [4] and len(data) == 4
 
 
 def test_stratified_curriculum_from_tf_data():
@@ -684,7 +686,7 @@ def test_graded_loss_matches_numpy_reference(layout):
         # out a stratified batch; each specialist distils its block only.
         order = np.argsort(y, kind="stable")
         x, y = x[order], y[order]
-        distiller._blocks = (6, 6, 6)
+        distiller._rows_per_group = (6, 6, 6)
     logits = distiller.student(x, training=False)
     loss = distiller.compute_loss(x, ops.convert_to_tensor(y), logits, training=True)
     np.testing.assert_allclose(
@@ -752,32 +754,33 @@ class _StateAtBegin(keras.callbacks.Callback):
 
 def _kill_switch_at(point, monkeypatch):
     """Makes the first grade switch of a fit raise at `point`."""
+    from keras_edu import grade_switch
+
     distiller_class = keras_edu.Distiller
 
     def after(name):
-        original = getattr(distiller_class, name)
+        # Grades switch only inside the test's `fit`.
+        original = getattr(grade_switch, name)
 
-        def killed(self, *args, **kwargs):
-            result = original(self, *args, **kwargs)
-            if self._fit_context is not None:
-                raise RuntimeError(f"killed after {name}")
-            return result
+        def killed(*args, **kwargs):
+            original(*args, **kwargs)
+            raise RuntimeError(f"killed after {name}")
 
-        monkeypatch.setattr(distiller_class, name, killed)
+        monkeypatch.setattr(grade_switch, name, killed)
 
     if point == "decided":
         original = distiller_class.set_grade
 
         def killed(self, grade, *args, **kwargs):
-            if self._fit_context is not None and grade != self.grade:
+            if self.curriculum is not None and grade != self.grade:
                 raise RuntimeError("killed as the callback decided to grow")
             return original(self, grade, *args, **kwargs)
 
         monkeypatch.setattr(distiller_class, "set_grade", killed)
     elif point == "graph_built":
-        after("_replace_student")
+        after("replace_student")
     elif point == "optimizer_rebuilt":
-        after("_rebuild_optimizer")
+        after("rebuild_optimizer")
 
 
 class _KillBeforeFirstStep(keras.callbacks.Callback):

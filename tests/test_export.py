@@ -7,7 +7,6 @@ the current backend's predictions.
 
 import importlib.util
 import os
-import sys
 
 import keras
 import numpy as np
@@ -15,12 +14,12 @@ import pytest
 
 pytest.importorskip("tensorflow")
 
-RECIPES = os.path.abspath(
-    os.path.join(os.path.dirname(__file__), os.pardir, "recipes")
-)
-sys.path.insert(0, RECIPES)
+import helpers  # noqa: E402
 
-import common  # noqa: E402
+RECIPES = helpers.recipes_on_path()
+
+import architectures  # noqa: E402
+import cli  # noqa: E402
 import export  # noqa: E402
 
 import keras_edu  # noqa: E402
@@ -38,7 +37,7 @@ def _missing(fmt):
 def student(tmp_path_factory):
     """A graduated ED student (nested stage models), saved as `.keras`."""
     keras.utils.set_random_seed(3)
-    target = common.build_model("cnn4", 10, (28, 28, 1), name="student")
+    target = architectures.build_model("cnn4", 10, (28, 28, 1), name="student")
     partition = keras_edu.ClassPartition.contiguous(10, "1:1:1")
     graded = keras_edu.GradedStudent.from_model(
         target,
@@ -93,9 +92,9 @@ def test_export_matches_keras(reports, fmt):
 def test_cli_refuses_an_existing_output_and_checks_suffixes(student, tmp_path):
     existing = tmp_path / "exists"
     existing.mkdir()
-    with pytest.raises(common.RecipeError, match="already exists.*--overwrite"):
+    with pytest.raises(cli.RecipeError, match="already exists.*--overwrite"):
         export.run([f"--student={student}", f"--out={existing}"])
-    with pytest.raises(common.RecipeError, match="must end with `.tflite`"):
+    with pytest.raises(cli.RecipeError, match="must end with `.tflite`"):
         export.run(
             [
                 f"--student={student}",
@@ -104,7 +103,7 @@ def test_cli_refuses_an_existing_output_and_checks_suffixes(student, tmp_path):
             ]
         )
     with pytest.raises(
-        common.RecipeError, match="Valid formats: tf_saved_model, litert, onnx"
+        cli.RecipeError, match="Valid formats: tf_saved_model, litert, onnx"
     ):
         export.run(
             [
@@ -113,14 +112,14 @@ def test_cli_refuses_an_existing_output_and_checks_suffixes(student, tmp_path):
                 f"--out={tmp_path / 'a'}",
             ]
         )
-    with pytest.raises(common.RecipeError, match="no such `.keras` file"):
+    with pytest.raises(cli.RecipeError, match="no such `.keras` file"):
         export.run(
             [
                 f"--student={tmp_path / 'missing.keras'}",
                 f"--out={tmp_path / 'a'}",
             ]
         )
-    with pytest.raises(common.RecipeError, match="one --out per format"):
+    with pytest.raises(cli.RecipeError, match="one --out per format"):
         export.run(
             [
                 f"--student={student}",
@@ -138,7 +137,7 @@ def test_missing_packages_name_the_extra(student, tmp_path, monkeypatch):
         lambda name, *a: None if name == "onnxruntime" else real(name, *a),
     )
     with pytest.raises(
-        common.RecipeError,
+        cli.RecipeError,
         match=r"onnxruntime.*pip install 'keras-edu\[export\]'",
     ):
         export.run(

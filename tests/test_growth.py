@@ -86,7 +86,7 @@ def test_zero_init_growth_starts_the_new_stage_as_its_shortcut():
 
 def test_copy_seen_class_rows_copies_the_old_classifier_columns():
     graded = _resnet_student()
-    old, new = graded._blocks()[0], graded._blocks()[1]
+    old, new = graded._heads()[0], graded._heads()[1]
     for block, grade in ((old, 1), (new, 2)):
         block.build(graded._stage_shapes[grade - 1])
     copied = keras_edu.growth.copy_seen_class_rows(
@@ -364,7 +364,7 @@ def test_generalist_teaches_every_seen_class_beside_the_specialists(layout):
     if layout == "one_group":
         x, y = x[y >= 2], y[y >= 2]  # a batch of group 2 only
     else:
-        distiller._blocks = (6, 6)  # groups 1 and 2, in blocks
+        distiller._rows_per_group = (6, 6)  # groups 1 and 2, in blocks
     logits = distiller.student(x, training=False)
     loss = distiller.compute_loss(x, ops.convert_to_tensor(y), logits, training=True)
 
@@ -386,8 +386,8 @@ def test_generalist_teaches_every_seen_class_beside_the_specialists(layout):
 def test_generalists_teach_seen_by_default_and_serialize():
     teachers = _specialists() + [_generalist()]
     group = keras_edu.Distiller(_resnet_student(), teachers, generalists_teach="group")
-    assert group._grade_routing.seen_branch is None
-    assert [k for k, _ in group._grade_routing.branches[0].members] == [0, 3]
+    assert group._plan.shared_branches == []
+    assert [k for k, _ in group._plan.group_branches[0].members] == [0, 3]
     # "auto" (the default) is "seen", the measured best, and retires the
     # specialists after the last grade but one; AMTML keeps "group".
     default = keras_edu.Distiller(_resnet_student(), teachers)
@@ -401,9 +401,9 @@ def test_generalists_teach_seen_by_default_and_serialize():
     )
     assert (amtml.generalists_teach, amtml.specialists_until_grade) == ("group", None)
     seen = keras_edu.Distiller(_resnet_student(), teachers, generalists_teach="seen")
-    assert [k for k, _ in seen._grade_routing.branches[0].members] == [0]
+    assert [k for k, _ in seen._plan.group_branches[0].members] == [0]
     seen.set_grade(3)
-    assert [k for k, _ in seen._grade_routing.seen_branch.members] == [3]
+    assert [k for k, _ in seen._plan.shared_branches[0].members] == [3]
     assert seen.get_config()["generalists_teach"] == "seen"
     restored = keras_edu.Distiller.from_config(seen.get_config())
     assert restored.generalists_teach == "seen"
@@ -443,12 +443,12 @@ def test_retired_specialists_leave_the_generalists_term_alone():
         _resnet_student(), teachers, generalists_teach="seen",
         specialists_until_grade=1, alpha=0.3, temperature=4.0,
     )
-    assert [k for k, _ in distiller._grade_routing.branches[0].members] == [0]
+    assert [k for k, _ in distiller._plan.group_branches[0].members] == [0]
     distiller.set_grade(2)  # classes 0..3 seen, specialists retired
-    assert [b.members for b in distiller._grade_routing.branches] == [[], []]
+    assert [b.members for b in distiller._plan.group_branches] == [[], []]
     x, y = _data(per_class=3)
     x, y = x[y < 4], y[y < 4]
-    distiller._blocks = (6, 6)
+    distiller._rows_per_group = (6, 6)
     logits = distiller.student(x, training=False)
     loss = distiller.compute_loss(x, ops.convert_to_tensor(y), logits, training=True)
 
@@ -467,11 +467,11 @@ def test_retired_specialists_hand_their_groups_to_a_group_generalist():
         specialists_until_grade=2,
     )
     distiller.set_grade(2)
-    assert [[k for k, _ in b.members] for b in distiller._grade_routing.branches] == [
+    assert [[k for k, _ in b.members] for b in distiller._plan.group_branches] == [
         [0, 3], [1, 3],
     ]
     distiller.set_grade(3)
-    assert [[k for k, _ in b.members] for b in distiller._grade_routing.branches] == [
+    assert [[k for k, _ in b.members] for b in distiller._plan.group_branches] == [
         [3], [3], [3],
     ]
     restored = keras_edu.Distiller.from_config(distiller.get_config())

@@ -6,21 +6,13 @@ import pytest
 
 import keras_edu
 from keras_edu.losses import SoftTargetKD
+from helpers import np_kl
+from helpers import np_softmax
+from helpers import to_numpy
 
 # --------------------------------------------------------------------------
 # NumPy reference, written out by hand.
 # --------------------------------------------------------------------------
-
-
-def np_softmax(logits):
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    e = np.exp(shifted)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def np_kl(p, q):
-    """KL(p || q) over the last axis, one value per row."""
-    return np.sum(p * (np.log(p) - np.log(q)), axis=-1)
 
 
 def np_soft_target_kd(teacher_logits_list, student_logits, temperature):
@@ -30,10 +22,6 @@ def np_soft_target_kd(teacher_logits_list, student_logits, temperature):
     p = np.mean(probs, axis=0)
     q = np_softmax(np.asarray(student_logits, "float64") / t)
     return t**2 * np_kl(p, q)
-
-
-def to_numpy(tensor):
-    return keras.ops.convert_to_numpy(tensor)
 
 
 def random_logits(shape, seed, scale=3.0):

@@ -7,11 +7,9 @@ Fashion-MNIST IDX files written to a temporary folder, TFDS through
 seconds.
 """
 
-import gzip
 import json
 import math
 import os
-import struct
 import subprocess
 import sys
 
@@ -25,13 +23,13 @@ tf = pytest.importorskip("tensorflow")
 tfds = pytest.importorskip("tensorflow_datasets")
 Image = pytest.importorskip("PIL.Image")
 
-RECIPES = os.path.abspath(
-    os.path.join(os.path.dirname(__file__), os.pardir, "recipes")
-)
-sys.path.insert(0, RECIPES)
+import helpers  # noqa: E402
 
-import common  # noqa: E402
+RECIPES = helpers.recipes_on_path()
+
+import cli  # noqa: E402
 import configs  # noqa: E402
+import data_loading  # noqa: E402
 import distill  # noqa: E402
 import fashion_mnist  # noqa: E402
 import train_teacher  # noqa: E402
@@ -43,15 +41,6 @@ FAST = ["--batch_size=32", "--verbose=0", "--weight_decay=0"]
 # ---------------------------------------------------------------- data
 
 
-def _save_idx(path, array):
-    """Writes `array` (uint8) as a gzipped IDX file."""
-    header = struct.pack(
-        f">I{array.ndim}I", 2051 if array.ndim == 3 else 2049, *array.shape
-    )
-    with gzip.open(path, "wb") as f:
-        f.write(header + array.astype(np.uint8).tobytes())
-
-
 def tiny_fashion_mnist(folder, train=120, test=60):
     """Learnable fake Fashion-MNIST: class c lights up row band c."""
     rng = np.random.default_rng(0)
@@ -61,10 +50,10 @@ def tiny_fashion_mnist(folder, train=120, test=60):
         images = rng.integers(0, 60, (count, 28, 28))
         for i, label in enumerate(labels):
             images[i, 2 * label + 4 : 2 * label + 7, :] = 250
-        _save_idx(
+        helpers.save_idx(
             os.path.join(folder, f"{prefix}-images-idx3-ubyte.gz"), images
         )
-        _save_idx(
+        helpers.save_idx(
             os.path.join(folder, f"{prefix}-labels-idx1-ubyte.gz"), labels
         )
     return str(folder)
@@ -192,7 +181,7 @@ def test_fashion_mnist_main_job_quick(job, fmnist):
     with open(out / "results_seed0.json") as f:
         assert json.load(f)["students"][2]["method"] == "ed"
     assert os.path.isfile(out / "student_ed_seed0.keras")
-    with pytest.raises(common.RecipeError, match="--overwrite"):
+    with pytest.raises(cli.RecipeError, match="--overwrite"):
         fashion_mnist.run(
             [f"--data_dir={fmnist}", f"--out_dir={out}", "--quick"]
         )
@@ -210,7 +199,7 @@ def test_fashion_mnist_boundaries_are_checked_before_training(
 ):
     # Epochs or fractions, resolved and refused by keras_edu.GradeCallback
     # as in recipes/distill.py, before any teacher trains.
-    with pytest.raises(common.RecipeError, match=match):
+    with pytest.raises(cli.RecipeError, match=match):
         fashion_mnist.run([
             "--quick", f"--data_dir={fmnist}", f"--out_dir={tmp_path / 'out'}",
             f"--boundaries={boundaries}", "--verbose=0",
@@ -244,8 +233,6 @@ def test_specialist_manifest(teachers):
 # on JAX).
 @pytest.mark.parametrize("method", ["aver", "amtml", "ed_amtml"])
 def test_distill_cli_end_to_end(fmnist, teachers, tmp_path, method):
-    if method in distill.AMTML_METHODS and not distill.amtml_available():
-        pytest.skip("keras_edu.losses.AMTML is not available yet.")
     full = teachers["full"]
     teacher_flag = (
         teachers["manifest"] if method == "ed_amtml" else f"{full},{full}"
@@ -263,16 +250,6 @@ def test_distill_cli_end_to_end(fmnist, teachers, tmp_path, method):
     for path in saved["charts"].values():
         with open(path, "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.mark.parametrize("method", distill.AMTML_METHODS)
-def test_amtml_methods_say_when_amtml_is_missing(
-    fmnist, tmp_path, method, monkeypatch
-):
-    # A keras_edu without `keras_edu.losses.AMTML` refuses before any work.
-    monkeypatch.setattr(distill, "amtml_available", lambda: False)
-    with pytest.raises(common.RecipeError, match="AMTML Distiller wiring"):
-        distill.run(distill_args(fmnist, tmp_path, method))
 
 
 @pytest.fixture(scope="module")
@@ -324,7 +301,7 @@ def test_distill_on_image_folder(tmp_path):
 
 
 def test_unknown_dataset_lists_close_matches(tmp_path):
-    with pytest.raises(common.RecipeError, match="Did you mean: .*cifar100"):
+    with pytest.raises(cli.RecipeError, match="Did you mean: .*cifar100"):
         distill.run(
             distill_args("x", tmp_path, "scratch", "--dataset=cifar1000")
         )
@@ -334,7 +311,7 @@ def test_folder_without_class_subfolders(tmp_path):
     root = tmp_path / "flat"
     root.mkdir()
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "a.jpg")
-    with pytest.raises(common.RecipeError, match="no class sub-folders"):
+    with pytest.raises(cli.RecipeError, match="no class sub-folders"):
         distill.run(distill_args("x", tmp_path, "scratch", f"--dataset={root}"))
 
 
@@ -342,13 +319,13 @@ def test_unreadable_image_is_named(tmp_path):
     root = jpeg_folder(tmp_path / "images")
     bad = root / "class_1" / "broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    with pytest.raises(common.RecipeError, match="broken.jpg"):
+    with pytest.raises(cli.RecipeError, match="broken.jpg"):
         distill.run(distill_args("x", tmp_path, "scratch", f"--dataset={root}"))
 
 
 def test_fashion_mnist_missing_says_how_to_get_it(tmp_path):
     with pytest.raises(
-        common.RecipeError, match="apt-get install dataset-fashion-mnist"
+        cli.RecipeError, match="apt-get install dataset-fashion-mnist"
     ):
         distill.run(distill_args(tmp_path / "empty", tmp_path, "scratch"))
 
@@ -358,7 +335,7 @@ def test_teacher_input_shape_must_match_the_data(
 ):
     teacher = tfds_teacher["teachers"][0]["path"]  # Trained on 32x32x3.
     with pytest.raises(
-        common.RecipeError,
+        cli.RecipeError,
         match=r"shape \(32, 32, 3\), but --dataset=fashion_mnist gives \(28, 28, 1\)",
     ):
         distill.run(
@@ -367,7 +344,7 @@ def test_teacher_input_shape_must_match_the_data(
 
 
 def test_ratios_that_do_not_fit_the_classes(fmnist, tmp_path):
-    with pytest.raises(common.RecipeError, match="--partition=.*10 classes"):
+    with pytest.raises(cli.RecipeError, match="--partition=.*10 classes"):
         distill.run(
             distill_args(
                 fmnist,
@@ -384,7 +361,7 @@ def test_specialist_whose_size_does_not_match_its_group(
     # Group 3 (4 classes) listed first, where group 1 (3 classes) belongs.
     g1, g2, g3 = teachers["groups"]
     with pytest.raises(
-        common.RecipeError, match="has 4 logits, but it teaches group 1"
+        cli.RecipeError, match="has 4 logits, but it teaches group 1"
     ):
         distill.run(
             distill_args(fmnist, tmp_path, "ed", f"--teachers={g3},{g2},{g1}")
@@ -392,7 +369,7 @@ def test_specialist_whose_size_does_not_match_its_group(
 
 
 def test_kd_refuses_a_specialist(fmnist, teachers, tmp_path):
-    with pytest.raises(common.RecipeError, match="needs full teachers"):
+    with pytest.raises(cli.RecipeError, match="needs full teachers"):
         distill.run(
             distill_args(
                 fmnist, tmp_path, "kd", f"--teachers={teachers['groups'][0]}"
@@ -407,7 +384,7 @@ def test_a_diverging_run_stops_with_the_term_named_and_saves_nothing(
     args = distill_args(
         fmnist, tmp_path, method, f"--teachers={teachers['full']}", "--lr=1e30"
     )
-    with pytest.raises(common.RecipeError, match="Training stopped at a non-finite loss") as error:
+    with pytest.raises(cli.RecipeError, match="Training stopped at a non-finite loss") as error:
         distill.run(args)
     if method == "kd":
         # A diverging student: its own term, not the teacher's, is named.
@@ -421,26 +398,26 @@ def test_ed_boundaries_must_fit_grades_and_epochs(fmnist, teachers, tmp_path):
     args = distill_args(
         fmnist, tmp_path, "ed", f"--teachers={teachers['manifest']}"
     )
-    with pytest.raises(common.RecipeError, match="needs 2 --boundaries"):
+    with pytest.raises(cli.RecipeError, match="needs 2 --boundaries"):
         distill.run(args + ["--boundaries=1"])
-    with pytest.raises(common.RecipeError, match="< --epochs=3"):
+    with pytest.raises(cli.RecipeError, match="< --epochs=3"):
         distill.run(args + ["--boundaries=1,3"])
 
 
 def test_distillation_terms_are_checked_before_loading_data(tmp_path):
     # "x" is no Fashion-MNIST folder: the checks must come first.
     with pytest.raises(
-        common.RecipeError, match=r"--alpha must be in \[0, 1\]"
+        cli.RecipeError, match=r"--alpha must be in \[0, 1\]"
     ):
         distill.run(distill_args("x", tmp_path, "kd", "--alpha=1.5"))
-    with pytest.raises(common.RecipeError, match="--temperature must be > 0"):
+    with pytest.raises(cli.RecipeError, match="--temperature must be > 0"):
         distill.run(distill_args("x", tmp_path, "kd", "--temperature=0"))
 
 
 def test_tfds_names_with_a_slash_are_not_folders(tmp_path):
-    assert not common._looks_like_path("imagenette/320px-v2")
-    assert common._looks_like_path(str(tmp_path))
-    assert common._looks_like_path("./no/such/folder")
+    assert not data_loading._looks_like_path("imagenette/320px-v2")
+    assert data_loading._looks_like_path(str(tmp_path))
+    assert data_loading._looks_like_path("./no/such/folder")
 
 
 def test_unknown_method_and_config_list_valid_ones(tmp_path):
@@ -460,7 +437,7 @@ def test_unknown_method_and_config_list_valid_ones(tmp_path):
 
 def test_existing_output_is_refused_without_overwrite(tmp_path):
     (tmp_path / "scratch.json").write_text("{}")
-    with pytest.raises(common.RecipeError, match="already exists.*--overwrite"):
+    with pytest.raises(cli.RecipeError, match="already exists.*--overwrite"):
         distill.run(distill_args("x", tmp_path, "scratch"))
 
 
@@ -504,7 +481,7 @@ def _parsed(*argv):
     flag_values = flags.FlagValues()
     distill.define_flags(flag_values)
     flag_values(["distill.py", *argv])
-    common.resolve_flags(flag_values, configs, {})
+    cli.resolve_flags(flag_values, configs, {})
     return flag_values
 
 
@@ -528,9 +505,9 @@ def test_cifar100_configs(name, teacher, student):
     assert values.boundaries == ["150", "180"]
     # The reference's step decays, not ED's default per-grade cosine.
     assert values.lr_schedule == "step"
-    settings = common.settings_from_flags(values)
+    settings = training.settings_from_flags(values)
     rates = [
-        common.learning_rate_at(settings, e)
+        training.learning_rate_at(settings, e)
         for e in (0, 149, 150, 180, 210, 239)
     ]
     np.testing.assert_allclose(rates, [0.05, 0.05, 0.005, 5e-4, 5e-5, 5e-5])
@@ -561,16 +538,16 @@ def test_large_image_configs():
         ).image_size
         == "64"
     )
-    with pytest.raises(common.RecipeError, match="pass --dataset=FOLDER"):
+    with pytest.raises(cli.RecipeError, match="pass --dataset=FOLDER"):
         _parsed("--config=caltech256_resnet32x4_resnet8x4", "--method=kd")
 
 
 def test_compilation_cache_keeps_jax_executables(tmp_path, caplog):
     cache = tmp_path / "xla"
-    assert common.enable_compilation_cache("") is False
+    assert training.enable_compilation_cache("") is False
     if keras.backend.backend() != "jax":
         with caplog.at_level("WARNING"):
-            assert common.enable_compilation_cache(str(cache)) is False
+            assert training.enable_compilation_cache(str(cache)) is False
         assert "for the JAX backend" in caplog.text
         assert not cache.exists()
         return
@@ -581,7 +558,7 @@ def test_compilation_cache_keeps_jax_executables(tmp_path, caplog):
         jax.config.jax_persistent_cache_min_compile_time_secs,
     )
     try:
-        assert common.enable_compilation_cache(str(cache)) is True
+        assert training.enable_compilation_cache(str(cache)) is True
         assert jax.config.jax_compilation_cache_dir == str(cache)
         # Cache even this tiny executable (the default keeps those > 1 s).
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
@@ -655,7 +632,7 @@ def test_fraction_boundaries_resolve_and_the_per_grade_cosine_restarts(
 
 
 def test_per_grade_optimizer_has_a_per_grade_cosine():
-    settings = common.TrainSettings(lr=0.1)
+    settings = training.TrainSettings(lr=0.1)
     per_grade = training.make_optimizer(settings, "per_grade")
     schedule = keras_edu.schedules.per_grade_schedule(per_grade)
     assert isinstance(schedule, keras_edu.schedules.PerGradeCosineDecay)
@@ -679,7 +656,7 @@ def test_bad_boundaries_and_lr_schedules_name_the_flag_before_loading_data(
 ):
     # "x" is no Fashion-MNIST folder: the checks must come first.
     def fails(method, *flags_, match):
-        with pytest.raises(common.RecipeError, match=match):
+        with pytest.raises(cli.RecipeError, match=match):
             distill.run(distill_args("x", tmp_path, method, *flags_))
 
     fails(
@@ -720,7 +697,7 @@ def test_mixed_bfloat16_run_is_finite_and_restores_the_policy(
     student = keras.saving.load_model(result["student_path"], compile=False)
     assert keras.backend.standardize_dtype(student.output.dtype) == "bfloat16"
     # A run that fails inside the policy restores it too.
-    with pytest.raises(common.RecipeError, match="no such file"):
+    with pytest.raises(cli.RecipeError, match="no such file"):
         distill.run(
             distill_args(
                 fmnist,
@@ -743,7 +720,7 @@ def test_data_parallel_on_the_local_devices(fmnist, teachers, tmp_path):
     )
     if keras.backend.backend() == "torch":
         with pytest.raises(
-            common.RecipeError,
+            cli.RecipeError,
             match="PyTorch trainer has no multi-device `fit`.*KERAS_BACKEND=jax",
         ):
             distill.run(args)

@@ -5,29 +5,14 @@ import numpy as np
 import pytest
 
 import keras_edu
+from helpers import bn_dropout_model
+from helpers import to_numpy
 
 
 def dense_model(width, input_dim=8, name=None):
     return keras.Sequential(
         [keras.Input((input_dim,)), keras.layers.Dense(width)], name=name
     )
-
-
-def bn_dropout_model(width, input_dim=8):
-    return keras.Sequential(
-        [
-            keras.Input((input_dim,)),
-            keras.layers.Dense(16),
-            keras.layers.BatchNormalization(),
-            keras.layers.ReLU(),
-            keras.layers.Dropout(0.5),
-            keras.layers.Dense(width),
-        ]
-    )
-
-
-def to_numpy(tensor):
-    return keras.ops.convert_to_numpy(tensor)
 
 
 def inputs(batch=5, dim=8):

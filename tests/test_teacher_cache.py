@@ -49,14 +49,14 @@ def specialists(counts=None, augment=False):
     ]
 
 
-def cached_batch(distiller, x):
+def cached_batch(distiller, x, y=None):
     """`x` with its teacher outputs, as `fit` feeds a cached step."""
-    return distiller._with_cached_teacher_outputs(x)
+    return distiller._with_cached_teacher_outputs(x, y)
 
 
 def losses_live_and_cached(distiller, x, y):
     live = distiller.compute_loss(x=x, y=y, training=True)
-    cached = distiller.compute_loss(x=cached_batch(distiller, x), y=y, training=True)
+    cached = distiller.compute_loss(x=cached_batch(distiller, x, y), y=y, training=True)
     return float(ops.convert_to_numpy(live)), float(ops.convert_to_numpy(cached))
 
 
@@ -118,10 +118,13 @@ def test_cached_fit_trains_like_live_and_runs_each_teacher_once_per_sample():
         runs[cache] = (history.history, distiller.student.get_weights())
         teacher_rows = {k: sum(counts.get(k, [])) for k in range(3)}
         if cache:
-            # The finite check's first batch (16 rows), then the fill:
-            # every sample through every teacher once, and no teacher call
-            # in the 6 steps (live: 16 + 2 epochs x 48 rows each).
-            assert teacher_rows == {0: 64, 1: 64, 2: 64}
+            # The finite check's first batch (16 rows), then the fill: each
+            # sample once through every teacher that teaches it (a
+            # specialist its classes' samples, the generalist all 48), and
+            # no teacher call in the 6 steps (live: 16 + 2 x 48 rows each).
+            taught = [int(np.isin(y, [0, 1]).sum()), int(np.isin(y, [2, 3]).sum()), 48]
+            assert teacher_rows == {k: 16 + n for k, n in enumerate(taught)}
+            assert distiller.teacher_cache_examples == taught
             assert distiller.teacher_cache_seconds > 0
     for key in ("loss", "distillation_loss"):
         np.testing.assert_allclose(runs[True][0][key], runs[False][0][key], atol=1e-5)
@@ -150,6 +153,44 @@ def test_graded_student_with_grade_switches_trains_like_live():
     )
     for cached, live in zip(runs[True][1], runs[False][1]):
         np.testing.assert_allclose(cached, live, atol=1e-4)
+
+
+def test_the_cache_runs_a_specialist_on_its_own_samples_only():
+    # A graded student with a generalist over the seen classes and the
+    # specialists retired at the last grade (the defaults): specialists 1
+    # and 2 are cached for their group's samples (the other rows stay zero),
+    # the generalist for all. Group 3 is first seen at grade 3, when the
+    # specialists have retired, so its specialist never teaches: no row.
+    partition = keras_edu.ClassPartition.contiguous(6, "1:1:1")
+    x, y = graded_data()
+    full = keras_edu.Teacher(cnn(6))
+    teachers = [_specialist(g) for g in partition.groups] + [full]
+    distiller = keras_edu.Distiller(
+        _graded_student(partition), teachers, cache_teachers=True
+    )
+    attached = cached_batch(distiller, x, y)
+    groups = [np.flatnonzero(np.isin(y, g)) for g in partition.groups]
+    groups[2] = groups[2][:0]
+    assert distiller.teacher_cache_examples == [24, 24, 0, 72]
+    for k, rows in enumerate(groups):
+        logits = teacher_cache.outputs_of(attached, k)["logits"]
+        if len(rows):
+            np.testing.assert_allclose(
+                logits[rows], distiller.teachers[k].model.predict(x[rows], verbose=0),
+                atol=1e-6,
+            )
+        others = np.setdiff1d(np.arange(len(x)), rows)
+        assert not logits[others].any()
+    # One-hot labels name the same samples.
+    cached_batch(distiller, x, np.eye(6)[y])
+    assert distiller.teacher_cache_examples == [24, 24, 0, 72]
+    # The training cost counts each teacher's pass over its samples, once.
+    cost = keras_edu.cost.TrainingCost(batch_size=12)
+    cost.set_model(distiller)
+    flops = [keras_edu.cost.forward_flops(t) for t in teachers]
+    assert cost.teacher_cache_flops() == sum(
+        n * f for n, f in zip(distiller.teacher_cache_examples, flops)
+    )
 
 
 def test_memmap_cache_in_a_directory(tmp_path):

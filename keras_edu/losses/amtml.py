@@ -6,6 +6,7 @@ from keras import ops
 from keras_edu.layers.hint_regressor import HintRegressor
 from keras_edu.layers.teacher_importance import TeacherImportance
 from keras_edu.losses.adaptive_ensemble_kd import AdaptiveEnsembleKD
+from keras_edu.losses.amtml_wiring import AMTMLWiring
 from keras_edu.losses.hint_loss import HintLoss
 from keras_edu.losses.hint_loss import _matching_pools
 from keras_edu.losses.rkd import RKDAngle
@@ -194,6 +195,10 @@ class AMTML(keras.distillation.DistillationLoss):
     def validate_outputs(self, teacher_outputs, student_outputs):
         # A list of teachers against one student tensor is legal here.
         pass
+
+    def distiller_wiring(self, distiller):
+        """How `distiller` runs this term (`keras_edu.Distiller` calls it)."""
+        return AMTMLWiring(distiller)
 
     def make_teacher_importance(self, num_teachers, feature_shape, name):
         """A built `TeacherImportance` for `beta` maps of `feature_shape`.

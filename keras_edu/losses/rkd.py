@@ -163,9 +163,11 @@ class RKDDistance(_RelationalLoss):
     import numpy as np
     import keras_edu.losses.rkd as rkd
 
-    student = np.random.rand(8, 10).astype("float32")
     teacher = np.random.rand(8, 10).astype("float32")
-    rkd.RKDDistance().compute_loss(teacher, student)  # a scalar >= 0
+    # Mean-normalised distances ignore scale: a student that is the
+    # teacher times 10 has the same relations, so the loss is 0.
+    loss = rkd.RKDDistance().compute_loss(teacher, 10.0 * teacher)
+    assert float(loss) < 1e-6
     ```
     """
 

@@ -181,6 +181,20 @@ BUILDER_ARGS_DOCSTRING = """    Args:
 """
 
 
+def check_depth(depth, offset, examples):
+    """Refuses a `depth` that is not `6n + offset` with `n >= 1`."""
+    if (
+        isinstance(depth, bool)
+        or not isinstance(depth, numbers.Integral)
+        or depth < 6 + offset
+        or (depth - offset) % 6
+    ):
+        raise ValueError(
+            f"`depth` must be 6n + {offset} with n >= 1 ({examples}, ...). "
+            f"Received: depth={depth!r}."
+        )
+
+
 def residual_network(
     stem,
     block,

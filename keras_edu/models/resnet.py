@@ -21,7 +21,6 @@ Strided 3x3 convolutions are preceded by a `..._conv1_pad` ZeroPadding2D.
 """
 
 import functools
-import numbers
 
 from keras import layers
 
@@ -121,15 +120,7 @@ def cifar_resnet(
     # (2, 10)
     ```
     """
-    if (
-        not isinstance(depth, numbers.Integral)
-        or depth < 8
-        or (depth - 2) % 6
-    ):
-        raise ValueError(
-            "`depth` must be 6n + 2 with n >= 1 (8, 14, 20, 32, 44, 56, 110, "
-            f"...). Received: depth={depth!r}."
-        )
+    common.check_depth(depth, offset=2, examples="8, 14, 20, 32, 44, 56, 110")
     if len(widths) != 4:
         raise ValueError(
             "`widths` must hold 4 ints (stem, stage 1, stage 2, stage 3). "

@@ -17,7 +17,8 @@ stage{k}_block{j}_out          the residual sum; the last block's is
 head_bn, head_relu, head_pool, logits
 ```
 
-Strided 3x3 convolutions are preceded by a `..._conv1_pad` ZeroPadding2D.
+As in `keras_edu.models.resnet`, strided 3x3 convolutions are preceded by
+a `..._conv1_pad` ZeroPadding2D.
 """
 
 import functools
@@ -53,7 +54,7 @@ def apply_preact_block(
             `f"{name}_out"`.
         dropout_rate: float. Dropout between the two convolutions (0 in
             every distillation benchmark; the layer is omitted then).
-        weight_decay: float. See `cifar_wide_resnet`.
+        weight_decay: float. See `keras_edu.models.resnet.cifar_resnet`.
         data_format: `"channels_last"` or `"channels_first"`.
 
     Returns:
@@ -95,21 +96,15 @@ def cifar_wide_resnet(
     Args:
         depth: int. `6n + 4`: `n` pre-activation blocks per stage.
         widen_factor: int. `k`: the stages have `16k`, `32k`, `64k` channels.
-        num_classes: int. Size of the logits.
-        input_shape: Shape of one image, e.g. `(32, 32, 3)` or
-            `(28, 28, 1)`. Any size of at least 8x8 works: the head pools
-            globally.
         dropout_rate: float in `[0, 1)`. Dropout inside every block; 0 (no
             layer) in RepDistiller/CRD.
-        weight_decay: float. Adds `keras.regularizers.L2(weight_decay / 2)`
-            to every convolution and Dense kernel, which reproduces PyTorch
-            SGD's `weight_decay=weight_decay` on those kernels (its gradient
-            term `wd * w` is the gradient of `(wd / 2) * ||w||^2`). Unlike
-            PyTorch's SGD it leaves BatchNorm parameters and the classifier
-            bias undecayed. Use either this or the optimizer's own
-            `weight_decay`, not both.
-        data_format: `None`, `"channels_last"` or `"channels_first"`;
-            `None` takes `keras.config.image_data_format()`.
+        num_classes: int. Size of the logits.
+        input_shape: Shape of one image, at least 8x8 (the head pools
+            globally).
+        weight_decay: float. `L2(weight_decay / 2)` on every kernel, as
+            PyTorch SGD's `weight_decay` (see `cifar_resnet`).
+        data_format: `None` (the Keras config), `"channels_last"` or
+            `"channels_first"`.
         name: str. The model's name.
 
     Returns:
@@ -126,15 +121,7 @@ def cifar_wide_resnet(
     # (2, 10)
     ```
     """
-    if (
-        not isinstance(depth, numbers.Integral)
-        or depth < 10
-        or (depth - 4) % 6
-    ):
-        raise ValueError(
-            "`depth` must be 6n + 4 with n >= 1 (10, 16, 22, 28, 40, ...). "
-            f"Received: depth={depth!r}."
-        )
+    common.check_depth(depth, offset=4, examples="10, 16, 22, 28, 40")
     if not isinstance(widen_factor, numbers.Integral) or (
         widen_factor < 1
     ):
