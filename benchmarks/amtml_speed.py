@@ -1,7 +1,7 @@
 """Step time of AMTML-KD against AVER, same three teachers, on every backend.
 
 Runs one subprocess per backend (the driver and flags of
-`benchmarks/distiller_speed.py`) and, inside it, times three rows on the same
+`benchmarks/_harness.py`) and, inside it, times three rows on the same
 data, with the same student and the same three teachers of different
 architectures (zoo models: resnet14, wrn_16_1, resnet8x4; student resnet8;
 28x28x1 inputs, 10 classes):
@@ -39,9 +39,7 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import distiller_speed as common
+import _harness as harness  # benchmarks/, sys.path[0] of this script
 
 ROWS = ("aver", "weights", "amtml")
 ROW_TITLES = {
@@ -60,13 +58,13 @@ def parse_args(argv=None):
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    common.add_runtime_arguments(parser)
+    harness.add_runtime_arguments(parser)
     parser.add_argument("--samples", type=int, default=1024)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--warmup", type=int, default=1, help="Untimed epochs per row.")
     parser.add_argument("--epochs", type=int, default=3, help="Timed epochs per row.")
     args = parser.parse_args(argv)
-    args.backends = common._split(args.backends, common.ALL_BACKENDS, "--backends")
+    args.backends = harness.split_list(args.backends, harness.ALL_BACKENDS, "--backends")
     return args
 
 
@@ -78,7 +76,7 @@ def run_worker(args):
 
     import keras_edu
 
-    jit = common.configure_worker(args)
+    jit = harness.configure_worker(args)
     rng = np.random.default_rng(args.seed)
     x = rng.random((args.samples, 28, 28, 1), dtype=np.float32)
     y = rng.integers(0, 10, size=(args.samples,)).astype("int32")
@@ -121,7 +119,7 @@ def run_worker(args):
         rows[row] = (epoch, timer, time.perf_counter() - start)
         timer.times.clear()
         timer.cpu_times.clear()
-    load_start = common._load_average()
+    load_start = harness.load_average()
     started = time.perf_counter()
     for round_index in range(args.epochs):
         shift = round_index % len(ROWS)
@@ -130,10 +128,10 @@ def run_worker(args):
 
     steps = -(-args.samples // args.batch_size)
     result = {
-        **common.worker_info(),
+        **harness.worker_info(),
         "steps_per_epoch": steps,
         "total_seconds": time.perf_counter() - started,
-        "load_average": [load_start, common._load_average()],
+        "load_average": [load_start, harness.load_average()],
         "rows": {
             row: {
                 "title": ROW_TITLES[row],
@@ -255,14 +253,14 @@ def format_table(results, args):
                 f"{1000 * values['median'] / steps:.1f} | {wall:.3f} | "
                 f"{values['student_forwards_per_step']:g} |"
             )
-        notes.append(common.backend_line(result))
+        notes.append(harness.backend_line(result))
     return "\n".join(
         lines + [""] + notes + [f"target: AMTML <= {TARGET}x AVER (CPU time)"]
     )
 
 
 def main(argv=None):
-    return common.run_script(
+    return harness.run_script(
         argv, parse_args, run_worker, format_table, script=__file__
     )
 

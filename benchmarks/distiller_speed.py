@@ -65,12 +65,11 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 
-ALL_BACKENDS = ("tensorflow", "jax", "torch")
+import _harness as harness  # benchmarks/, sys.path[0] of this script
+
 ALL_ROWS = ("a", "b", "c", "d", "e", "f")
 ROW_TITLES = {
     "a": "student fit",
@@ -83,12 +82,6 @@ ROW_TITLES = {
 # ClassPartition-like contiguous groups over 10 classes.
 SPECIALIST_GROUPS = ((0, 1, 2), (3, 4, 5), (6, 7, 8, 9))
 RATIO_TARGETS = {"d/c": 1.0, "d/(a+b)": 1.05, "e/d": None, "f/a": 1.15}
-# glibc: no mmap for blocks up to 32 MiB (its maximum) and never trim the
-# heap, instead of its dynamic thresholds.
-TUNED_MALLOC_ENV = {
-    "MALLOC_MMAP_THRESHOLD_": str(32 * 1024 * 1024),
-    "MALLOC_TRIM_THRESHOLD_": str(2**40),
-}
 
 
 def parse_args(argv=None):
@@ -96,7 +89,7 @@ def parse_args(argv=None):
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_runtime_arguments(parser)
+    harness.add_runtime_arguments(parser)
     parser.add_argument(
         "--rows",
         default=",".join(ALL_ROWS),
@@ -110,65 +103,11 @@ def parse_args(argv=None):
     parser.add_argument("--student-widths", default="16,32,32", help="Conv widths.")
     parser.add_argument("--teacher-widths", default="64,128,128", help="Conv widths.")
     args = parser.parse_args(argv)
-    args.backends = _split(args.backends, ALL_BACKENDS, "--backends")
-    args.rows = _split(args.rows, ALL_ROWS, "--rows")
+    args.backends = harness.split_list(args.backends, harness.ALL_BACKENDS, "--backends")
+    args.rows = harness.split_list(args.rows, ALL_ROWS, "--rows")
     if args.epochs < 1 or args.warmup < 0:
         parser.error("--epochs must be >= 1 and --warmup >= 0.")
     return args
-
-
-def add_runtime_arguments(parser):
-    """The flags every speed benchmark shares: backends, threads, malloc, output.
-
-    `benchmarks/education_speed.py` imports this module for them.
-    """
-    parser.add_argument(
-        "--backends",
-        default=",".join(ALL_BACKENDS),
-        help="Comma-separated backends (default: %(default)s).",
-    )
-    parser.add_argument(
-        "--jit-compile",
-        default="auto",
-        choices=("auto", "true", "false"),
-        help="`jit_compile` of every compiled model (default: auto).",
-    )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="Intra-op threads of every backend (default: %(default)s); 0 "
-        "keeps the frameworks' defaults. On a shared 2-core machine torch's "
-        "2-thread OpenMP kernels slow down 5-20x whenever another process "
-        "takes a core, by a different factor per row, so the default is "
-        "single-threaded kernels.",
-    )
-    parser.add_argument(
-        "--tune-malloc",
-        action="store_true",
-        help="Run the workers with glibc malloc told to keep freed memory "
-        f"({' '.join(f'{k}={v}' for k, v in TUNED_MALLOC_ENV.items())}). "
-        "Without it a torch or JAX step that frees tens of MB gets it back "
-        "from the kernel next step as page faults (see faults/step).",
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", metavar="PATH", help="Write results here.")
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        default=900,
-        help="Seconds before a backend's subprocess is killed.",
-    )
-    # Internal: run the rows for the backend in KERAS_BACKEND.
-    parser.add_argument("--worker-out", help=argparse.SUPPRESS)
-
-
-def _split(text, allowed, flag):
-    items = [s.strip() for s in text.split(",") if s.strip()]
-    bad = [s for s in items if s not in allowed]
-    if bad or not items:
-        raise SystemExit(f"{flag}: unknown {bad}; choose from {allowed}.")
-    return items
 
 
 # ---------------------------------------------------------------------------
@@ -182,7 +121,7 @@ def run_worker(args):
 
     import keras_edu
 
-    jit = configure_worker(args)
+    jit = harness.configure_worker(args)
     student_widths = [int(w) for w in args.student_widths.split(",")]
     teacher_widths = [int(w) for w in args.teacher_widths.split(",")]
     num_classes = args.num_classes
@@ -192,10 +131,10 @@ def run_worker(args):
     y = rng.integers(0, num_classes, size=(args.samples,)).astype("int32")
 
     def student():
-        return cnn(student_widths, num_classes, "student", args.seed + 1)
+        return harness.cnn(student_widths, num_classes, "student", args.seed + 1)
 
     def teacher(outputs=num_classes, k=0):
-        return cnn(teacher_widths, outputs, f"teacher{k}", args.seed + 2 + k)
+        return harness.cnn(teacher_widths, outputs, f"teacher{k}", args.seed + 2 + k)
 
     def sgd():
         return keras.optimizers.SGD(learning_rate=0.01, momentum=0.9)
@@ -204,7 +143,7 @@ def run_worker(args):
         return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
     def fit_row(model):
-        return fit_epoch_row(model, x, y, args.batch_size)
+        return harness.fit_epoch_row(model, x, y, args.batch_size)
 
     def row_a():
         model = student()
@@ -215,7 +154,7 @@ def run_worker(args):
         model = teacher()
         # Compiled only to carry the same `jit_compile` as the other rows.
         model.compile(loss=sparse_ce(), jit_compile=jit)
-        timer = epoch_timer()
+        timer = harness.epoch_timer()
 
         def epoch():
             model.predict(x, batch_size=args.batch_size, verbose=0, callbacks=[timer])
@@ -261,15 +200,15 @@ def run_worker(args):
     if "e" in args.rows and num_classes != 10:
         raise SystemExit("Row (e) needs --num-classes 10.")
 
-    load_start = _load_average()
+    load_start = harness.load_average()
     started = time.perf_counter()
-    rows = run_rounds(builders, args.rows, args.warmup, args.epochs)
+    rows = harness.run_rounds(builders, args.rows, args.warmup, args.epochs)
 
     result = {
-        **worker_info(),
+        **harness.worker_info(),
         "steps_per_epoch": -(-args.samples // args.batch_size),
         "total_seconds": time.perf_counter() - started,
-        "load_average": [load_start, _load_average()],
+        "load_average": [load_start, harness.load_average()],
         "rows": {
             name: {
                 "title": ROW_TITLES[name],
@@ -303,159 +242,6 @@ def run_worker(args):
         json.dump(result, f)
 
 
-def fit_epoch_row(model, x, y=None, batch_size=None):
-    """`(epoch, timer)`: `epoch()` runs one `model.fit` epoch timed by `timer`."""
-    timer = epoch_timer()
-
-    def epoch():
-        model.fit(
-            x,
-            y,
-            batch_size=batch_size,
-            epochs=1,
-            verbose=0,
-            callbacks=[timer],
-        )
-
-    return epoch, timer
-
-
-def run_rounds(builders, names, warmup, epochs):
-    """Times rows interleaved: `{name: (epoch, timer, warm-up seconds)}`.
-
-    `builders[name]()` returns a row's `(epoch, timer)`. Each row is built
-    and runs `warmup` untimed epochs (tracing / compiling its step), then
-    each of the `epochs` rounds runs one epoch of every row, in an order
-    rotated by one row per round.
-    """
-    rows = {}
-    for name in names:
-        epoch, timer = builders[name]()
-        build_start = time.perf_counter()
-        for _ in range(warmup):  # Traces / compiles the step.
-            epoch()
-        rows[name] = (epoch, timer, time.perf_counter() - build_start)
-        timer.reset()
-    for round_index in range(epochs):
-        # Rotate the order each round so no row always follows the same one.
-        shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
-            rows[name][0]()
-    return rows
-
-
-def configure_worker(args):
-    """Applies `--threads` to torch; returns the `jit_compile` to compile with."""
-    import keras
-
-    if args.threads and keras.backend.backend() == "torch":
-        import torch
-
-        torch.set_num_threads(args.threads)
-    return {"auto": "auto", "true": True, "false": False}[args.jit_compile]
-
-
-def worker_info():
-    """Versions and the `keras_edu` location of this worker, for the report."""
-    import keras
-
-    import keras_edu
-
-    backend = keras.backend.backend()
-    return {
-        "backend": backend,
-        "keras": keras.__version__,
-        "keras_edu": getattr(keras_edu, "__version__", "?"),
-        "keras_edu_path": os.path.dirname(keras_edu.__file__),
-        "backend_version": _backend_version(backend),
-    }
-
-
-def cnn(widths, outputs, name, seed, input_shape=(28, 28, 1)):
-    """A conv stack (stride 1, then 2) + global pooling + Dense logits."""
-    import keras
-
-    keras.utils.set_random_seed(seed)
-    layers = [keras.Input(input_shape)]
-    for i, width in enumerate(widths):
-        layers.append(
-            keras.layers.Conv2D(
-                width,
-                3,
-                strides=1 if i == 0 else 2,
-                padding="same",
-                activation="relu",
-            )
-        )
-    layers += [
-        keras.layers.GlobalAveragePooling2D(),
-        keras.layers.Dense(outputs),  # logits
-    ]
-    return keras.Sequential(layers, name=name)
-
-
-_EPOCH_TIMER_CLASS = []
-
-
-def epoch_timer():
-    """A new callback that records the wall time, process CPU time and minor
-    page faults of each epoch (or predict pass) in `.times`, `.cpu_times`
-    and `.faults`; `.reset()` forgets them (after warm-up)."""
-    if not _EPOCH_TIMER_CLASS:
-        import keras
-
-        class EpochTimer(keras.callbacks.Callback):
-            def __init__(self):
-                super().__init__()
-                self.reset()
-                self._start = self._cpu_start = None
-                self._faults = 0
-
-            def reset(self):
-                self.times, self.cpu_times, self.faults = [], [], []
-
-            def _begin(self):
-                self._faults = _minor_faults()
-                self._cpu_start = time.process_time()
-                self._start = time.perf_counter()
-
-            def _end(self):
-                self.times.append(time.perf_counter() - self._start)
-                self.cpu_times.append(time.process_time() - self._cpu_start)
-                self.faults.append(_minor_faults() - self._faults)
-
-            def on_epoch_begin(self, epoch, logs=None):
-                self._begin()
-
-            def on_epoch_end(self, epoch, logs=None):
-                self._end()
-
-            def on_predict_begin(self, logs=None):
-                self._begin()
-
-            def on_predict_end(self, logs=None):
-                self._end()
-
-        _EPOCH_TIMER_CLASS.append(EpochTimer)
-    return _EPOCH_TIMER_CLASS[0]()
-
-
-def _minor_faults():
-    try:
-        import resource
-    except ImportError:  # pragma: no cover - not on every platform
-        return 0
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-
-
-def _backend_version(backend):
-    module = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
-    try:
-        return __import__(module[backend]).__version__
-    except (ImportError, AttributeError):  # pragma: no cover - informational
-        return "?"
-
-
 def _ratios(medians):
     ratios = {}
     if {"c", "d"} <= medians.keys():
@@ -474,68 +260,6 @@ def _ratios(medians):
 # ---------------------------------------------------------------------------
 
 
-def run_backend(backend, args, argv, script=None):
-    """Runs `script` (default: this file) as a worker for `backend`.
-
-    The worker gets `argv` plus `--worker-out PATH` and must write its
-    result there as JSON; returns that result, or `{"backend", "error"}`.
-    """
-    script = os.path.abspath(script or __file__)
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "result.json")
-        env = dict(os.environ, KERAS_BACKEND=backend)
-        # Time the checkout this script lives in, unless PYTHONPATH already
-        # names a keras_edu (entries before the repo win; both beat an
-        # editable install that points elsewhere).
-        repo = os.path.dirname(os.path.dirname(script))
-        paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-        env["PYTHONPATH"] = os.pathsep.join(paths + [repo])
-        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        env.update(_thread_env(args.threads, env))
-        if args.tune_malloc:
-            env.update(TUNED_MALLOC_ENV)
-        command = [sys.executable, script, *argv]
-        command += ["--worker-out", out]
-        start = time.perf_counter()
-        try:
-            proc = subprocess.run(
-                command,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=args.timeout,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            return {"backend": backend, "error": f"timeout ({args.timeout}s)"}
-        if proc.returncode != 0 or not os.path.exists(out):
-            tail = (proc.stderr or proc.stdout or "").strip()[-2000:]
-            return {"backend": backend, "error": tail}
-        with open(out) as f:
-            result = json.load(f)
-        result["process_seconds"] = time.perf_counter() - start
-        return result
-
-
-def _thread_env(threads, env):
-    """Environment variables that cap the intra-op threads of each backend."""
-    if not threads:
-        return {}
-    n = str(threads)
-    out = {
-        "OMP_NUM_THREADS": n,
-        "MKL_NUM_THREADS": n,
-        "TF_NUM_INTRAOP_THREADS": n,
-        "TF_NUM_INTEROP_THREADS": n,
-    }
-    if threads == 1:
-        xla = env.get("XLA_FLAGS", "")
-        out["XLA_FLAGS"] = (
-            xla + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-        ).strip()
-    return out
-
-
 def format_table(results, args):
     lines = []
     header = (
@@ -547,7 +271,7 @@ def format_table(results, args):
         f"malloc={'tuned' if args.tune_malloc else 'default'}; "
         f"{platform.node()} "
         f"({os.cpu_count()} CPUs, load average at start "
-        f"{_load_average()})"
+        f"{harness.load_average()})"
     )
     lines.append(header)
     for result in results:
@@ -556,7 +280,7 @@ def format_table(results, args):
         if "error" in result:
             lines.append(f"[{backend}] FAILED: {result['error']}")
             continue
-        lines.append(backend_line(result))
+        lines.append(harness.backend_line(result))
         lines.append(
             f"  {'row':<40} {'median s':>9} {'min s':>7} {'max s':>7}"
             f" {'ms/step':>8} {'cpu s':>7} {'cpu ms/step':>11} {'faults/step':>11}"
@@ -609,74 +333,8 @@ def _ratio_lines(result):
     return lines
 
 
-def backend_line(result):
-    """`[backend version] keras ..., keras_edu from ... (time, load)`."""
-    return (
-        f"[{result['backend']} {result['backend_version']}] keras "
-        f"{result['keras']}, keras_edu from {result['keras_edu_path']} "
-        f"({result['process_seconds']:.0f}s, load average "
-        f"{' -> '.join(result['load_average'])})"
-    )
-
-
-def drive(args, argv, format_results, script=None):
-    """The driver: one worker subprocess per backend, the table, the JSON.
-
-    `format_results(results, args)` returns the text to print. Returns the
-    exit status: 1 if a backend failed.
-    """
-    # The workers get the same flags minus the driver-only ones.
-    worker_argv = _strip_flags(argv, ("--json", "--backends", "--timeout"))
-    results = []
-    for backend in args.backends:
-        print(f"... timing {backend}", file=sys.stderr, flush=True)
-        results.append(run_backend(backend, args, worker_argv, script))
-    print(format_results(results, args))
-    if args.json:
-        payload = {"config": vars(args), "results": results}
-        payload["config"].pop("worker_out", None)
-        with open(args.json, "w") as f:
-            json.dump(payload, f, indent=2)
-    return 1 if any("error" in r for r in results) else 0
-
-
-def run_script(argv, parse_args, run_worker, format_results, script=None):
-    """A speed script's `main`: one backend's worker, or the driver of all.
-
-    The driver (`drive`) starts `script` again once per backend with
-    `--worker-out`; that child runs `run_worker(args)` and exits 0.
-    """
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parse_args(argv)
-    if args.worker_out:
-        run_worker(args)
-        return 0
-    return drive(args, argv, format_results, script=script)
-
-
 def main(argv=None):
-    return run_script(argv, parse_args, run_worker, format_table)
-
-
-def _load_average():
-    try:
-        return "/".join(f"{v:.1f}" for v in os.getloadavg())
-    except OSError:  # pragma: no cover - not on every platform
-        return "?"
-
-
-def _strip_flags(argv, flags):
-    out, skip = [], False
-    for item in argv:
-        if skip:
-            skip = False
-            continue
-        name = item.split("=", 1)[0]
-        if name in flags:
-            skip = "=" not in item
-            continue
-        out.append(item)
-    return out
+    return harness.run_script(argv, parse_args, run_worker, format_table, __file__)
 
 
 if __name__ == "__main__":

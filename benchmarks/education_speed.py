@@ -1,7 +1,7 @@
 """Speed of education distillation (ED): grade switches and last-grade epochs.
 
-Runs one subprocess per backend (as `benchmarks/distiller_speed.py`, whose
-driver, flags and helpers this script imports) and, inside it, measures on
+Runs one subprocess per backend (with the driver, flags and helpers of
+`benchmarks/_harness.py`, as `benchmarks/distiller_speed.py`) and, inside it, measures on
 random 28x28x1 images of 10 classes, split into the contiguous groups
 [0, 3), [3, 6), [6, 10) (`ClassPartition.contiguous(10, "1:1:1")`):
 
@@ -45,7 +45,6 @@ Usage:
 
 import argparse
 import functools
-import importlib.util
 import os
 import platform
 import statistics
@@ -53,19 +52,7 @@ import sys
 import time
 
 
-def _load_distiller_speed():
-    """`benchmarks/distiller_speed.py` as a module (benchmarks/ is no package)."""
-    name = "distiller_speed"
-    if name not in sys.modules:
-        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), name + ".py")
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-speed = _load_distiller_speed()
+import _harness as harness  # benchmarks/, sys.path[0] of this script
 
 ORDERS = ("stratified", "interleaved", "sequential")
 SAME_STEP = {"interleaved": "sequential", "sequential": "interleaved"}
@@ -79,7 +66,7 @@ def parse_args(argv=None):
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    speed.add_runtime_arguments(parser)
+    harness.add_runtime_arguments(parser)
     parser.add_argument("--samples", type=int, default=6400)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--teacher-widths", default="64,128,128", help="Conv widths.")
@@ -109,10 +96,10 @@ def parse_args(argv=None):
     )
     parser.add_argument("--epochs", type=int, default=3, help="Timed rounds of (2).")
     args = parser.parse_args(argv)
-    args.backends = speed._split(args.backends, speed.ALL_BACKENDS, "--backends")
-    args.orders = speed._split(args.orders, ORDERS, "--orders")
+    args.backends = harness.split_list(args.backends, harness.ALL_BACKENDS, "--backends")
+    args.orders = harness.split_list(args.orders, ORDERS, "--orders")
     args.switch_orders = (
-        speed._split(args.switch_orders, ORDERS, "--switch-orders")
+        harness.split_list(args.switch_orders, ORDERS, "--switch-orders")
         if args.switch_orders
         else []
     )
@@ -140,7 +127,7 @@ def run_worker(args):
 
     import keras_edu
 
-    jit = speed.configure_worker(args)
+    jit = harness.configure_worker(args)
     teacher_widths = [int(w) for w in args.teacher_widths.split(",")]
     rng = np.random.default_rng(args.seed)
     x = rng.random((args.samples, 28, 28, 1), dtype=np.float32)
@@ -168,7 +155,7 @@ def run_worker(args):
         )
         teachers = [
             keras_edu.Teacher(
-                speed.cnn(teacher_widths, len(group), f"teacher{k}", args.seed + 2 + k),
+                harness.cnn(teacher_widths, len(group), f"teacher{k}", args.seed + 2 + k),
                 classes=list(group),
             )
             for k, group in enumerate(partition.groups)
@@ -205,13 +192,13 @@ def run_worker(args):
                 )
 
     started = time.perf_counter()
-    load_start = speed._load_average()
+    load_start = harness.load_average()
 
     # (1) One fit with grade switches per order.
     switch, trained = {}, {}
     for order in args.switch_orders:
         model = compiled(education_distiller())
-        timer = speed.epoch_timer()  # First: its clock starts before set_grade.
+        timer = harness.epoch_timer()  # First: its clock starts before set_grade.
         schedule = TimedGradeCallback(
             boundaries=args.boundaries,
             order=order,
@@ -252,9 +239,9 @@ def run_worker(args):
 
     # (2) The last grade: ED with three specialists per order vs 1-teacher KD.
     def kd_row():
-        teacher = speed.cnn(teacher_widths, NUM_CLASSES, "teacher0", args.seed + 2)
+        teacher = harness.cnn(teacher_widths, NUM_CLASSES, "teacher0", args.seed + 2)
         model = keras_edu.Distiller(resnet8(), [teacher], alpha=0.3, temperature=4.0)
-        return speed.fit_epoch_row(compiled(model), x, y, args.batch_size)
+        return harness.fit_epoch_row(compiled(model), x, y, args.batch_size)
 
     def ed_row(order):
         # "interleaved" and "sequential" run the same train step: either's
@@ -266,12 +253,12 @@ def run_worker(args):
             compiled(model)
         data = curriculum(order, 3)
         steps[order] = len(data)
-        return speed.fit_epoch_row(model, data)
+        return harness.fit_epoch_row(model, data)
 
     steps = {"kd": -(-args.samples // args.batch_size)}
     builders = {"kd": kd_row}
     builders.update({order: functools.partial(ed_row, order) for order in args.orders})
-    rows = speed.run_rounds(
+    rows = harness.run_rounds(
         builders, ["kd"] + list(args.orders), args.warmup, args.epochs
     )
 
@@ -284,9 +271,9 @@ def run_worker(args):
     curriculum_set_grade = time.perf_counter() - start
 
     result = {
-        **speed.worker_info(),
+        **harness.worker_info(),
         "total_seconds": time.perf_counter() - started,
-        "load_average": [load_start, speed._load_average()],
+        "load_average": [load_start, harness.load_average()],
         "curriculum_set_grade_seconds": curriculum_set_grade,
         "switch": switch,
         "last_grade": {
@@ -358,7 +345,7 @@ def format_tables(results, args):
         if "error" in result:
             lines.append(f"[{result['backend']}] FAILED: {result['error']}")
             continue
-        lines.append(speed.backend_line(result))
+        lines.append(harness.backend_line(result))
         lines += _switch_lines(result, args)
         lines += _last_grade_lines(result, args)
     return "\n".join(lines)
@@ -464,7 +451,7 @@ def _last_grade_lines(result, args):
 
 
 def main(argv=None):
-    return speed.run_script(
+    return harness.run_script(
         argv, parse_args, run_worker, format_tables, script=__file__
     )
 
