@@ -259,7 +259,6 @@ def run(method, seed, args, data, teachers):
     student = build_student(args)
     steps = -(-len(x) // args.batch_size)
     callbacks = []
-    cache = {"cache_teachers": True} if args.cache_teachers else {}
     if method == "scratch":
         model = student
         model.compile(
@@ -267,15 +266,15 @@ def run(method, seed, args, data, teachers):
             keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         )
     elif method == "kd":
-        model = keras_edu.Distiller(student, [teachers["full"]], **cache)
+        model = keras_edu.Distiller(student, [teachers["full"]], cache_teachers=args.cache_teachers)
         model.compile(sgd(args.lr, steps, args.epochs))
     elif method == "aver":
-        model = keras_edu.Distiller(student, [teachers["full"], teachers["full2"]], **cache)
+        model = keras_edu.Distiller(student, [teachers["full"], teachers["full2"]], cache_teachers=args.cache_teachers)
         model.compile(sgd(args.lr, steps, args.epochs))
     elif method == "amtml":
         model = keras_edu.Distiller(
             student, [teachers["full"], teachers["full2"]],
-            loss=keras_edu.losses.AMTML(hints=HINTS), **cache,
+            loss=keras_edu.losses.AMTML(hints=HINTS), cache_teachers=args.cache_teachers,
         )
         model.compile(sgd(args.lr, steps, args.epochs))
     else:
@@ -293,7 +292,7 @@ def run(method, seed, args, data, teachers):
             ]
             model = keras_edu.Distiller(
                 graded, specialists + [teachers["full"], teachers["full2"]],
-                loss=keras_edu.losses.AMTML(hints=hints), **cache,
+                loss=keras_edu.losses.AMTML(hints=hints), cache_teachers=args.cache_teachers,
             )
         elif "+full" in method:
             model = keras_edu.Distiller(
@@ -301,10 +300,10 @@ def run(method, seed, args, data, teachers):
                 specialists_until_grade=(
                     partition.num_groups - 1 if "+retire" in method else None
                 ),
-                **cache,
+                cache_teachers=args.cache_teachers,
             )
         else:
-            model = keras_edu.Distiller(graded, specialists, **cache)
+            model = keras_edu.Distiller(graded, specialists, cache_teachers=args.cache_teachers)
         model.compile(sgd(args.lr, steps, args.epochs, per_grade="+restart" in method))
         callbacks.append(grade_callback(method, args, seed))
     probe = PerGroupTop1(x_test, y_test, partition)
