@@ -39,6 +39,8 @@ schedule setting of the issue "Education distillation that pays":
     +retire   with +full: the specialists stop teaching at the last grade,
               where the full teacher alone teaches every class
               (Distiller(specialists_until_grade=num_groups - 1))
+    +replayW  GradeCallback(replay_weight=W), e.g. +replay2: the samples of
+              groups seen at earlier grades weigh W times the new group's
 
 e.g. `--methods ed_stratified+restart+zero`. `ed_faithful` is
 `GradeCallback.faithful(...)` (the reference code's switch, sequential
@@ -124,14 +126,27 @@ def parse_args():
         base, *options = method.split("+")
         if base not in METHODS or (options and not base.startswith("ed")):
             parser.error(f"unknown --methods {method!r}; choose from {METHODS}")
-        if set(options) - set(ED_OPTIONS):
-            parser.error(f"--methods {method!r}: options are {ED_OPTIONS}")
+        if {o for o in options if not _is_replay(o)} - set(ED_OPTIONS):
+            parser.error(f"--methods {method!r}: options are {ED_OPTIONS} and replayW")
     args.seeds = [int(s) for s in args.seeds.split(",")]
     args.boundaries = [
         float(b) if "." in b else int(b) for b in args.boundaries.split(",")
     ]
     args.student_widths = [int(w) for w in args.student_widths.split(",") if w]
     return args
+
+
+def _is_replay(option):
+    try:
+        return option.startswith("replay") and float(option[len("replay"):]) > 0
+    except ValueError:
+        return False
+
+
+def replay_weight(method):
+    """W of a `+replayW` option of `method`, else 1.0."""
+    options = [o for o in method.split("+")[1:] if _is_replay(o)]
+    return float(options[0][len("replay"):]) if options else 1.0
 
 
 def build_student(args):
@@ -248,6 +263,7 @@ def grade_callback(method, args, seed):
         init_new_head_from_old=base == "ed_init_head" or "head" in options,
         zero_init_residual="zero" in options,
         optimizer_state="carry" if "carry" in options else "reset",
+        replay_weight=replay_weight(method),
         seed=seed,
     )
 

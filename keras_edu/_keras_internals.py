@@ -2,16 +2,13 @@
 
 keras_edu needs a few things Keras keeps private: swapping the sub-layers a
 built model tracks (a grade switch replaces the student), clearing a
-teacher's activity losses, walking a model's layers, the training-metadata
-file of `BackupAndRestore`, the per-replica loss scaling of `tf.distribute`
-and the batch count of a running epoch iterator. A Keras upgrade has this
+teacher's activity losses, walking a model's layers, the per-replica loss
+scaling of `tf.distribute` and the batch count of a running epoch iterator. A Keras upgrade has this
 file to check; `tests/test_keras_internals.py` exercises each function and
 pins the Keras versions it was checked against (`CHECKED_KERAS_VERSIONS`).
 """
 
 import contextlib
-import json
-import os
 import weakref
 
 import keras
@@ -54,15 +51,6 @@ def clear_losses(layer):
 def flatten_layers(layer, include_self=True):
     """`layer` (if `include_self`) and all its sub-layers, recursively."""
     return list(layer._flatten_layers(include_self=include_self))
-
-
-def backup_metadata(callback):
-    """The `{"epoch", "batch"}` a `BackupAndRestore` will resume at, or None."""
-    path = callback._training_metadata_path
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
 
 
 def scale_loss_for_distribution(loss):

@@ -10,6 +10,7 @@ from keras_edu import _keras_internals
 from keras_edu import teacher_cache
 from keras_edu.partition import ClassPartition
 from keras_edu.utils import check_integer
+from keras_edu.utils import check_positive
 
 ORDERS = ("interleaved", "sequential", "stratified")
 # Chosen by measured accuracy: docs/results.md and docs/education.md
@@ -62,6 +63,14 @@ class CurriculumDataset(keras.utils.PyDataset):
             global batch keeps its per-group layout. `Distiller.fit` sets
             it from JAX's process count. Defaults to 1.
         process_index: This process's index in `[0, num_processes)`.
+        replay_weight: Loss weight of a sample of a group seen at an
+            earlier grade, relative to one of the grade's new group.
+            Defaults to 1.0: every sample weighs the same and batches are
+            `(x, y)` pairs. Otherwise batches are `(x, y, sample_weight)`
+            with the weights scaled so that their mean over the grade's
+            samples is 1 (the learning rate keeps its meaning); they also
+            weigh the training metrics. `GradeCallback(replay_weight=...)`
+            sets it. Measured in docs/results.md ("Replay weight").
 
     Example:
 
@@ -92,6 +101,7 @@ class CurriculumDataset(keras.utils.PyDataset):
         grade=1,
         num_processes=1,
         process_index=0,
+        replay_weight=1.0,
     ):
         super().__init__()
         if not isinstance(partition, ClassPartition):
@@ -111,6 +121,7 @@ class CurriculumDataset(keras.utils.PyDataset):
         self.batch_size = batch_size
         self.order = order
         self.shuffle = shuffle
+        self.replay_weight = check_positive(replay_weight, "replay_weight")
         self._rng = np.random.default_rng(seed)
         self._source = _make_source(x, y, partition, batch_size, self._rng)
         self.grade = grade
@@ -176,6 +187,8 @@ class CurriculumDataset(keras.utils.PyDataset):
     def batch_spec(self):
         """`((shape, dtype), (shape, dtype))` of a batch's inputs and labels.
 
+        With a `replay_weight` other than 1, a third pair for the weights.
+
         Every batch of every grade is full, so one spec holds for all of
         them. Read without drawing a batch (that would move the streams).
 
@@ -194,7 +207,10 @@ class CurriculumDataset(keras.utils.PyDataset):
         ```
         """
         shape, dtype = self._source.input_spec()
-        return ((self.batch_size,) + shape, dtype), ((self.batch_size,), np.dtype("int32"))
+        spec = ((self.batch_size,) + shape, dtype), ((self.batch_size,), np.dtype("int32"))
+        if self.replay_weight != 1.0:
+            spec += (((self.batch_size,), np.dtype("float32")),)
+        return spec
 
     def __len__(self):
         return self.num_batches
@@ -250,7 +266,22 @@ class CurriculumDataset(keras.utils.PyDataset):
         else:
             group, batch = self._plan[index]
             batch = self._source.rows(group, batch * self.batch_size, self.batch_size)
+        if self.replay_weight != 1.0:
+            batch = (*batch, self.replay_sample_weights(batch[1]))
         return self._process_share(batch)
+
+    def replay_sample_weights(self, labels):
+        """The `sample_weight` of samples with class ids `labels` at this grade.
+
+        `replay_weight` for groups seen at earlier grades, 1 for the newest
+        group, all scaled so the mean over the grade's samples is 1. At
+        grade 1 every weight is 1.
+        """
+        counts = self._source.counts[: self.grade]
+        replayed = sum(counts[:-1])
+        scale = sum(counts) / (replayed * self.replay_weight + counts[-1])
+        earlier = self.partition.group_of(np.asarray(labels)) < self.grade - 1
+        return np.where(earlier, self.replay_weight * scale, scale).astype("float32")
 
     def _process_share(self, batch):
         # Each process feeds its contiguous slice of the global batch, in

@@ -8,13 +8,10 @@ from keras_edu import _keras_internals
 from keras_edu import devices
 from keras_edu import distiller_checks as checks
 from keras_edu import grade_switch
-from keras_edu import nonfinite
 from keras_edu import teacher_cache
 from keras_edu.graded_student import GradedStudent
 from keras_edu.label_checks import BadLabelCount
 from keras_edu.label_checks import StopOnBadLabels
-from keras_edu.label_checks import check_input_array
-from keras_edu.label_checks import check_labels
 from keras_edu.routing import RoutingPlan
 from keras_edu.routing import check_curriculum_teachers
 from keras_edu.routing import distil_batch
@@ -24,7 +21,6 @@ from keras_edu.student_loss import student_cross_entropy
 from keras_edu.term_wiring import wiring_for
 from keras_edu.utils import check_positive
 from keras_edu.utils import check_probability
-from keras_edu.utils import input_shape_of
 
 
 @keras.saving.register_keras_serializable(package="keras_edu")
@@ -151,19 +147,15 @@ class Distiller(keras.Model):
         **kwargs,
     ):
         super().__init__(name=name, **kwargs)
-        generalists_teach = checks.check_generalists_teach(generalists_teach)
         self.cache_teachers = teacher_cache.check_cache_setting(cache_teachers)
         # Seconds the last `fit` spent filling the teacher cache.
         self.teacher_cache_seconds = self.teacher_cache_examples = None
         self.alpha = check_probability(alpha, "alpha")
         self.temperature = check_positive(temperature, "temperature")
         self.distillation_term = checks.resolve_loss(loss, self.temperature)
-        if generalists_teach == "auto":
-            # Measured best for SoftTargetKD (docs/results.md); a term with
-            # its own wiring (AMTML) mixes the generalists into each group.
-            own_wiring = hasattr(self.distillation_term, "distiller_wiring")
-            generalists_teach = "group" if own_wiring else "seen"
-        self.generalists_teach = generalists_teach
+        self.generalists_teach = checks.resolve_generalists_teach(
+            generalists_teach, self.distillation_term
+        )
         self.graded_student = student if isinstance(student, GradedStudent) else None
         if self.graded_student is not None:
             self.graded_student.partition._check_grade(grade)
@@ -204,9 +196,11 @@ class Distiller(keras.Model):
         # Set while tracing a step; tells `compute_metrics` whether the step
         # was a training step (which logs the loss parts) or not.
         self._logging_distillation = False
-        # The CurriculumDataset and CallbackList of a running graded `fit`.
+        # The CurriculumDataset and CallbackList of a running graded `fit`,
+        # and the settings a GradeCallback gave for its curriculum.
         self._curriculum = None
         self._fit_callbacks = None
+        self._curriculum_options = {}
         # Rows per group of a stratified curriculum batch, during `fit`.
         self._rows_per_group = None
         # Student and teachers arrive built; so is the Distiller (callbacks
@@ -419,14 +413,9 @@ class Distiller(keras.Model):
     ):
         """Moves a graded student to `grade` (normally `GradeCallback`'s job).
 
-        The switch itself is `keras_edu.grade_switch.switch_grade`.
-
-        Builds the grade's student from the shared stages, so surviving
-        layers keep their trained weights; the new stage and block are as
-        initialised and the previous block is dropped. The optimizer is
-        rebuilt for the new variables (its iteration count and learning rate
-        carry over, so schedules continue), and the train, test and predict
-        functions are rebuilt.
+        Surviving layers keep their trained weights; the optimizer and the
+        train, test and predict functions are rebuilt. The whole switch, in
+        order, is `keras_edu.grade_switch.switch_grade`.
 
         Args:
             grade: The grade to move to (1-based).
@@ -440,21 +429,9 @@ class Distiller(keras.Model):
                 the student gains as its shortcut path
                 (`keras_edu.growth.zero_init_residual_branches`).
         """
-        if self.graded_student is None:
-            raise ValueError(
-                "`set_grade` needs a Distiller whose student is a "
-                "`keras_edu.GradedStudent`."
-            )
-        if optimizer_state not in ("reset", "carry"):
-            raise ValueError(
-                "`optimizer_state` must be 'reset' or 'carry'. Received: "
-                f"optimizer_state={optimizer_state!r}."
-            )
-        self.graded_student.partition._check_grade(grade)
-        if grade != self.grade:
-            grade_switch.switch_grade(
-                self, grade, optimizer_state, init_new_head_from_old, zero_init_residual
-            )
+        grade_switch.switch_grade(
+            self, grade, optimizer_state, init_new_head_from_old, zero_init_residual
+        )
 
     def fit(
         self,
@@ -472,27 +449,17 @@ class Distiller(keras.Model):
 
         With a `GradedStudent`, `x`/`y` (arrays, or an unbatched
         `tf.data.Dataset` of `(input, label)`) are served as a
-        `CurriculumDataset`: only groups `1..grade`, one group per batch.
-        Pass a `keras_edu.GradeCallback` to grow the student during the run.
+        `CurriculumDataset` of the groups `1..grade` only
+        (`keras_edu.grade_switch.fit_curriculum`). Pass a
+        `keras_edu.GradeCallback` to grow the student during the run.
 
-        NumPy (or list) labels are checked before the first step
-        (`keras_edu.label_checks.check_labels`): a label outside the
-        student's classes, a non-integer sparse label or a one-hot row that
-        is not a distribution raises a ValueError naming `y`. A NumPy `x`
-        whose dtype, example shape or length does not fit the student and
-        `y` raises one naming `x`
-        (`keras_edu.label_checks.check_input_array`); NumPy inputs with NaN
-        or Inf, and a teacher whose logits on the first batch are
-        not finite, raise a ValueError naming `x` or the teacher
-        (`keras_edu.nonfinite`).
+        Before the first step, labels outside the student's classes, input
+        arrays that do not fit the student, NaN or Inf inputs and teachers
+        whose logits are not finite raise a ValueError naming the argument
+        or the teacher (`keras_edu.distiller_checks.check_fit_inputs`).
         """
         devices.check_devices_are_supported(self.graded_student is not None)
-        if isinstance(y, (np.ndarray, list)):
-            check_labels(y, self.num_classes)
-        check_input_array(x, input_shape_of(self._student), y)
-        nonfinite.check_before_training(
-            x, batch_size, input_shape_of(self._student), self.teachers
-        )
+        checks.check_fit_inputs(x, y, batch_size, self)
         if self.cache_teachers:
             x = self._with_cached_teacher_outputs(x, y)
         if self.graded_student is None:
@@ -502,59 +469,61 @@ class Distiller(keras.Model):
                 callbacks=callbacks, shuffle=shuffle,
                 initial_epoch=initial_epoch, **kwargs,
             )
-        callbacks = list(callbacks or [])
-        data = grade_switch.curriculum_for_fit(
-            self, x, y, batch_size, shuffle, epochs, initial_epoch, callbacks
+        return grade_switch.fit_curriculum(
+            self, super().fit, x, y, batch_size=batch_size, epochs=epochs,
+            verbose=verbose, callbacks=callbacks, shuffle=shuffle,
+            initial_epoch=initial_epoch, **kwargs,
         )
-        verbose = 1 if verbose == "auto" else verbose
-        self._fit_callbacks = keras.callbacks.CallbackList(
-            callbacks,
-            add_history=True,
-            add_progbar=verbose != 0,
-            verbose=verbose,
-            epochs=epochs,
-            steps=len(data),
-            model=self,
-        )
-        self._curriculum, self._rows_per_group = data, data.block_sizes()
-        try:
-            with data.served_by_fit():
-                return super().fit(
-                    data, epochs=epochs, verbose=verbose,
-                    callbacks=self._fit_callbacks, shuffle=False,
-                    initial_epoch=initial_epoch, **kwargs,
-                )
-        finally:
-            self._curriculum = self._fit_callbacks = self._rows_per_group = None
+
+    def configure_curriculum(self, order=None, seed=None, replay_weight=1.0):
+        """Settings of the `CurriculumDataset` the running graded `fit` builds.
+
+        A `GradeCallback` calls it with its own settings when `fit` hands it
+        the model, before the data is built; a `CurriculumDataset` passed to
+        `fit` keeps its own. `order=None` is the curriculum's default.
+        """
+        self._curriculum_options = {"seed": seed, "replay_weight": replay_weight}
+        if order is not None:
+            self._curriculum_options["order"] = order
+
+    def save_weights(self, filepath, overwrite=True, **kwargs):
+        """`keras.Model.save_weights`; a graded student's file records its grade."""
+        super().save_weights(filepath, overwrite=overwrite, **kwargs)
+        if self.graded_student is not None:
+            grade_switch.record_grade(filepath, self.grade)
+
+    def load_weights(self, filepath, skip_mismatch=False, **kwargs):
+        """`keras.Model.load_weights`, at the grade the file records.
+
+        A graded student first moves to the grade its weights were saved at
+        (so `BackupAndRestore` resumes a curriculum in the right grade).
+        """
+        grade = grade_switch.recorded_grade(filepath)
+        if self.graded_student is not None and grade is not None:
+            self.set_grade(grade)
+        super().load_weights(filepath, skip_mismatch=skip_mismatch, **kwargs)
 
     def _with_cached_teacher_outputs(self, x, y):
         """`x` with each sample's teacher outputs, computed once now."""
         teacher_cache.check_cacheable(x)
-        forwards = [self._wiring.cache_forward(k) for k in range(len(self.teachers))]
-        directory = None if self.cache_teachers is True else self.cache_teachers
-        rows = self._rows_each_teacher_teaches(y)
+        rows = [None] * len(self.teachers)  # None: every sample
+        if self._wiring.cache_taught_rows_only and isinstance(y, (np.ndarray, list)):
+            # Each teacher runs on the samples it teaches at some grade. A
+            # term that reads every row of a branch (a batch scalar, such as
+            # AMTML's relational terms) keeps every row of every teacher.
+            grades = [None]
+            if self.graded_student is not None:
+                grades = range(1, self.graded_student.num_grades + 1)
+            plans = [self.routing_plan(g) for g in grades]
+            rows = samples_each_teacher_teaches(plans, y, len(self.teachers))
         outputs, self.teacher_cache_seconds = teacher_cache.fill(
-            forwards, x, directory, rows=rows
+            [self._wiring.cache_forward(k) for k in range(len(self.teachers))],
+            x,
+            None if self.cache_teachers is True else self.cache_teachers,
+            rows=rows,
         )
-        self.teacher_cache_examples = [
-            len(x) if r is None else len(r) for r in rows
-        ]
+        self.teacher_cache_examples = [len(x) if r is None else len(r) for r in rows]
         return teacher_cache.attach(x, outputs)
-
-    def _rows_each_teacher_teaches(self, y):
-        """Per teacher, the samples the cache runs it on (None: all).
-
-        A term that reads every row of a branch (a batch scalar, such as
-        AMTML's relational terms) gets every row of every teacher.
-        """
-        if not self._wiring.cache_taught_rows_only or not isinstance(y, (np.ndarray, list)):
-            return [None] * len(self.teachers)
-        grades = [None]
-        if self.graded_student is not None:
-            grades = range(1, self.graded_student.partition.num_groups + 1)
-        return samples_each_teacher_teaches(
-            [self.routing_plan(g) for g in grades], y, len(self.teachers)
-        )
 
     def get_config(self):
         config = super().get_config()

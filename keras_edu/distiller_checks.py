@@ -3,6 +3,8 @@
 import keras
 import numpy as np
 
+from keras_edu import label_checks
+from keras_edu import nonfinite
 from keras_edu.losses.soft_target_kd import SoftTargetKD
 from keras_edu.teacher import Teacher
 from keras_edu.utils import check_integer
@@ -122,12 +124,17 @@ def check_loss_can_route(term, plan):
     )
 
 
-def check_generalists_teach(value):
+def resolve_generalists_teach(value, term):
+    """`generalists_teach` checked, with `"auto"` resolved for `term`."""
     if value not in GENERALISTS_TEACH:
         raise ValueError(
             "`generalists_teach` must be 'auto', 'group' or 'seen'. "
             f"Received: generalists_teach={value!r}."
         )
+    if value == "auto":
+        # Measured best for SoftTargetKD (docs/results.md); a term with its
+        # own wiring (AMTML) mixes the generalists into each group.
+        return "group" if hasattr(term, "distiller_wiring") else "seen"
     return value
 
 
@@ -186,3 +193,19 @@ def resolve_specialists_until_grade(value, graded, generalist_indices, generalis
 
 def check_batch_size(batch_size):
     return check_integer(batch_size, "batch_size")
+
+
+def check_fit_inputs(x, y, batch_size, distiller):
+    """Labels, input arrays and finiteness, checked before the first step.
+
+    NumPy (or list) labels: `keras_edu.label_checks.check_labels`. A NumPy
+    `x` that does not fit the student or `y`:
+    `keras_edu.label_checks.check_input_array`. NaN or Inf inputs, and a
+    teacher whose logits on the first batch are not finite:
+    `keras_edu.nonfinite.check_before_training`.
+    """
+    if isinstance(y, (np.ndarray, list)):
+        label_checks.check_labels(y, distiller.num_classes)
+    input_shape = input_shape_of(distiller.student)
+    label_checks.check_input_array(x, input_shape, y)
+    nonfinite.check_before_training(x, batch_size, input_shape, distiller.teachers)

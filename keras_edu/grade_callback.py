@@ -7,11 +7,13 @@ import warnings
 
 import keras
 
+from keras_edu import grade_switch
 from keras_edu import growth
 from keras_edu import schedules
 from keras_edu.curriculum import DEFAULT_ORDER
 from keras_edu.curriculum import ORDERS
 from keras_edu.utils import check_integer
+from keras_edu.utils import check_positive
 
 logger = logging.getLogger("keras_edu")
 
@@ -61,12 +63,23 @@ class GradeCallback(keras.callbacks.Callback):
             `"sequential"` (all group-1 batches, then group 2, ..., as the
             reference code). See `keras_edu.CurriculumDataset`.
         seed: Seed of the curriculum's shuffles.
+        replay_weight: Loss weight of the samples of the groups seen at
+            earlier grades, relative to the grade's new group
+            (`keras_edu.CurriculumDataset(replay_weight=...)`). Defaults to
+            1.0 (every sample weighs the same), the measured best
+            (docs/results.md, "Replay weight").
         precompile: Deprecated, accepted for compatibility: `"auto"`
             (default), `True` or `False`. Nothing compiles the next grade's
             train step ahead any more; Keras compiles it at the switch, and
             a persistent compilation cache (docs/education.md, "Grade-switch
             cost") removes that compile from reruns. `True` warns.
             `precompiled_grades` stays an empty list.
+
+    `order`, `seed` and `replay_weight` are settings of the curriculum
+    `Distiller.fit` builds from arrays; the callback gives them to the
+    Distiller when `fit` hands it the model
+    (`Distiller.configure_curriculum`). A `CurriculumDataset` passed to
+    `fit` keeps its own.
 
     When the optimizer's learning rate is a
     `keras_edu.schedules.PerGradeCosineDecay` without `grade_steps`, the
@@ -115,20 +128,16 @@ class GradeCallback(keras.callbacks.Callback):
         precompile="auto",
         zero_init_residual=False,
         batchnorm_samples=0,
+        replay_weight=1.0,
     ):
         super().__init__()
         self.boundaries = _check_boundaries(boundaries)
         self._epoch_boundaries = (
             None if _are_fractions(self.boundaries) else self.boundaries
         )
-        if optimizer_state not in ("reset", "carry"):
-            raise ValueError(
-                "`optimizer_state` must be 'reset' or 'carry'. Received: "
-                f"optimizer_state={optimizer_state!r}."
-            )
         if order not in ORDERS:
             raise ValueError(f"`order` must be one of {ORDERS}. Received: order={order!r}.")
-        self.optimizer_state = optimizer_state
+        self.optimizer_state = grade_switch.check_optimizer_state(optimizer_state)
         self.init_new_head_from_old = bool(init_new_head_from_old)
         self.zero_init_residual = bool(zero_init_residual)
         self.batchnorm_samples = check_integer(
@@ -139,6 +148,7 @@ class GradeCallback(keras.callbacks.Callback):
         )
         self.order = order
         self.seed = seed
+        self.replay_weight = check_positive(replay_weight, "replay_weight")
         self.precompile = _check_precompile(precompile)
         # Always empty since nothing compiles ahead; kept for old readers.
         self.precompiled_grades = []
@@ -213,6 +223,12 @@ class GradeCallback(keras.callbacks.Callback):
             (starts[g] - starts[g - 1]) * curriculum.steps_for_grade(g)
             for g in range(1, len(starts))
         ]
+
+    def set_model(self, model):
+        super().set_model(model)
+        configure = getattr(model, "configure_curriculum", None)
+        if configure is not None:
+            configure(order=self.order, seed=self.seed, replay_weight=self.replay_weight)
 
     def on_train_begin(self, logs=None):
         epochs = self.params.get("epochs", float("inf"))

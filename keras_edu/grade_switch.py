@@ -5,15 +5,21 @@ student graph from the shared stages (surviving layers keep their trained
 weights), initialise its new layers (`keras_edu.growth`), put it in the
 Distiller's place with the grade's routing plan, widen the curriculum of the
 running `fit`, rebuild the optimizer for the new variables and the train,
-test and predict functions. `curriculum_for_fit` is how a graded `fit`
-starts: the schedule is checked and, when resuming from a
-`BackupAndRestore` backup, the student is moved to the backup's grade
-before the backup's weights load.
+test and predict functions. `fit_curriculum` is a graded `fit`, and
+`curriculum_for_fit` the data it starts on. Resuming: a graded distiller's weights file records its
+grade (`record_grade`), and `Distiller.load_weights` (so also
+`BackupAndRestore`) moves the student to that grade before the weights load;
+a backup written at the end of the epoch before a boundary holds the old
+grade's student, and the `GradeCallback` then grows it at the boundary
+exactly as an uninterrupted run does.
 
 Data flows one way: `GradeCallback` (or a user) calls
-`Distiller.set_grade`, which calls `switch_grade`; nothing here calls back
-into a callback.
+`Distiller.set_grade`, which calls `switch_grade`, and gives its curriculum
+settings with `Distiller.configure_curriculum`; nothing here reads a
+callback.
 """
+
+import os
 
 import keras
 from keras import ops
@@ -21,9 +27,7 @@ from keras import ops
 from keras_edu import _keras_internals
 from keras_edu import devices
 from keras_edu import growth
-from keras_edu.curriculum import DEFAULT_ORDER
 from keras_edu.curriculum import CurriculumDataset
-from keras_edu.grade_callback import GradeCallback
 
 
 def switch_grade(
@@ -35,6 +39,15 @@ def switch_grade(
 ):
     """Moves `distiller`'s graded student to `grade` (see `Distiller.set_grade`)."""
     graded, old_grade = distiller.graded_student, distiller.grade
+    if graded is None:
+        raise ValueError(
+            "`set_grade` needs a Distiller whose student is a "
+            "`keras_edu.GradedStudent`."
+        )
+    check_optimizer_state(optimizer_state)
+    graded.partition._check_grade(grade)
+    if grade == old_grade:
+        return
     student = graded.model_for_grade(grade)
     if init_new_head_from_old:
         growth.copy_seen_class_rows(
@@ -63,6 +76,15 @@ def switch_grade(
         distiller.make_train_function(force=True)
         distiller.make_test_function(force=True)
         distiller.make_predict_function(force=True)
+
+
+def check_optimizer_state(optimizer_state):
+    if optimizer_state not in ("reset", "carry"):
+        raise ValueError(
+            "`optimizer_state` must be 'reset' or 'carry'. Received: "
+            f"optimizer_state={optimizer_state!r}."
+        )
+    return optimizer_state
 
 
 def replace_student(distiller, grade, student):
@@ -104,20 +126,50 @@ def rebuild_optimizer(old, variables, carry):
     return new
 
 
-def curriculum_for_fit(distiller, x, y, batch_size, shuffle, epochs, initial_epoch, callbacks):
-    """The `CurriculumDataset` a graded `fit` trains on, at the right grade."""
-    schedule = next((c for c in callbacks if isinstance(c, GradeCallback)), None)
-    if schedule is not None:
-        schedule.validate(distiller, epochs)
-        # Take the grade of the weights BackupAndRestore will load *before*
-        # it loads them. A backup written at the end of the epoch before a
-        # boundary holds the old grade's student: resume there, and the
-        # callback then grows it at the boundary exactly as an
-        # uninterrupted run does.
-        distiller.set_grade(
-            schedule.grade_at(_backup_epoch(callbacks, initial_epoch)),
-            optimizer_state=schedule.optimizer_state,
-        )
+def fit_curriculum(distiller, keras_fit, x, y, *, batch_size, epochs, verbose,
+                   callbacks, shuffle, initial_epoch, **kwargs):
+    """A graded `Distiller.fit`: `keras_fit` over the curriculum of `x`, `y`.
+
+    The callbacks come first: handed the model, a `GradeCallback` gives the
+    curriculum's settings (`Distiller.configure_curriculum`); then the data
+    is built at the distiller's grade, and a switch inside the run can
+    resize its epochs (`CurriculumDataset.served_by_fit`) and the
+    callbacks' step count.
+    """
+    verbose = 1 if verbose == "auto" else verbose
+    distiller._curriculum_options = {}
+    distiller._fit_callbacks = callbacks = keras.callbacks.CallbackList(
+        callbacks,
+        add_history=True,
+        add_progbar=verbose != 0,
+        verbose=verbose,
+        epochs=epochs,
+        steps=None,  # known once the curriculum is built, below
+        model=distiller,
+    )
+    data = curriculum_for_fit(
+        distiller, x, y, batch_size, shuffle, distiller._curriculum_options
+    )
+    callbacks.set_params(dict(callbacks.params, steps=len(data)))
+    distiller._curriculum, distiller._rows_per_group = data, data.block_sizes()
+    try:
+        with data.served_by_fit():
+            return keras_fit(
+                data, epochs=epochs, verbose=verbose, callbacks=callbacks,
+                shuffle=False, initial_epoch=initial_epoch, **kwargs,
+            )
+    finally:
+        distiller._curriculum = distiller._fit_callbacks = None
+        distiller._rows_per_group = None
+
+
+def curriculum_for_fit(distiller, x, y, batch_size, shuffle, options):
+    """The `CurriculumDataset` a graded `fit` trains on, at the distiller's grade.
+
+    `options` are the `order`, `seed` and `replay_weight` a `GradeCallback`
+    gave (`Distiller.configure_curriculum`); a `CurriculumDataset` passed as
+    `x` keeps its own.
+    """
     partition = distiller.graded_student.partition
     if isinstance(x, CurriculumDataset):
         if x.partition != partition:
@@ -138,27 +190,40 @@ def curriculum_for_fit(distiller, x, y, batch_size, shuffle, epochs, initial_epo
         y,
         partition=partition,
         batch_size=batch_size or 32,
-        order=schedule.order if schedule else DEFAULT_ORDER,
         shuffle=shuffle,
-        seed=schedule.seed if schedule else None,
         grade=distiller.grade,
+        **options,
         **devices.jax_process_share(),
     )
 
 
-def _backup_epoch(callbacks, initial_epoch):
-    """The epoch whose student a `BackupAndRestore` in `callbacks` holds.
+# The grade of a graded student's weights file, an attribute of its root.
+_GRADE_ATTRIBUTE = "keras_edu_grade"
 
-    Keras records the epoch training resumes at and the batches of it
-    already seen: 0 when the backup was written at the end of the epoch
-    before (whose student it then holds), more when written inside it.
-    Without a backup, `initial_epoch`.
+
+def record_grade(filepath, grade):
+    """Writes `grade` into the `.weights.h5` file at `filepath`.
+
+    A weights file holds one grade's student; `recorded_grade` tells a
+    distiller which, so `load_weights` (and `BackupAndRestore` resuming
+    through it) first moves the student to that grade. Sharded weights
+    (`max_shard_size`) carry no grade.
     """
-    for callback in callbacks:
-        if isinstance(callback, keras.callbacks.BackupAndRestore):
-            metadata = _keras_internals.backup_metadata(callback)
-            if metadata is not None:
-                epoch = metadata["epoch"]
-                inside = metadata.get("batch", 0) > 0
-                return epoch if inside or epoch == 0 else epoch - 1
-    return initial_epoch
+    import h5py
+
+    filepath = str(filepath)
+    if filepath.endswith(".h5") and os.path.exists(filepath):
+        with h5py.File(filepath, "a") as f:
+            f.attrs[_GRADE_ATTRIBUTE] = int(grade)
+
+
+def recorded_grade(filepath):
+    """The grade `record_grade` wrote into `filepath`, or None."""
+    import h5py
+
+    filepath = str(filepath)
+    if not (filepath.endswith(".h5") and os.path.exists(filepath)):
+        return None
+    with h5py.File(filepath, "r") as f:
+        grade = f.attrs.get(_GRADE_ATTRIBUTE)
+    return None if grade is None else int(grade)

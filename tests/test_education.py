@@ -733,6 +733,85 @@ def test_stratified_batch_size_must_fit_the_groups():
     )
 
 
+def test_replay_weight_weighs_earlier_groups_and_keeps_the_mean_weight_one():
+    partition = keras_edu.ClassPartition.contiguous(6, "1:1:1")
+    x, y = _data(per_class=5)
+    y_kept = np.concatenate([y[y < 4], y[y >= 4][:4]])  # 10 : 10 : 4 samples
+    x_kept = np.concatenate([x[y < 4], x[y >= 4][:4]])
+    data = keras_edu.CurriculumDataset(
+        x_kept, y_kept, partition=partition, batch_size=6, seed=0, replay_weight=2.0
+    )
+    assert len(data.batch_spec()) == 3
+    _, _, weights = data[0]
+    np.testing.assert_array_equal(weights, np.ones(6, "float32"))  # grade 1
+    # Grade 2: 10 replayed, 10 new; scale 20 / (2 * 10 + 10).
+    data.set_grade(2)
+    _, labels, weights = data[0]
+    expected = np.where(partition.group_of(labels) == 0, 4 / 3, 2 / 3)
+    np.testing.assert_allclose(weights, expected, rtol=1e-6)
+    # Grade 3: 20 replayed, 4 new; scale 24 / (2 * 20 + 4). Blocks 3, 2, 1.
+    data.set_grade(3)
+    _, labels, weights = data[0]
+    np.testing.assert_allclose(
+        weights, [48 / 44] * 5 + [24 / 44], rtol=1e-6
+    )
+    # Over the grade's samples the weights average 1.
+    assert (20 * 48 / 44 + 4 * 24 / 44) / 24 == pytest.approx(1.0)
+    # The default serves (x, y) pairs, as before.
+    plain = keras_edu.CurriculumDataset(x_kept, y_kept, partition=partition, batch_size=6)
+    assert len(plain[0]) == 2 and len(plain.batch_spec()) == 2
+
+
+@pytest.mark.parametrize("weight", [0, -1.0, "2", float("nan")])
+def test_replay_weight_must_be_positive(weight):
+    partition = keras_edu.ClassPartition.contiguous(6, "1:1:1")
+    x, y = _data(per_class=4)
+    with pytest.raises(ValueError, match="replay_weight"):
+        keras_edu.CurriculumDataset(x, y, partition=partition, batch_size=6, replay_weight=weight)
+    with pytest.raises(ValueError, match="replay_weight"):
+        keras_edu.GradeCallback([1, 2], replay_weight=weight)
+
+
+def test_grade_callback_gives_fit_its_curriculum_settings():
+    x, y = _data(per_class=8)
+    seen = []
+
+    class _Curriculum(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            data = self.model.curriculum
+            seen.append((data.order, data.replay_weight, len(data[0])))
+
+    distiller = _distiller()
+    distiller.compile(optimizer="sgd")
+    grades = keras_edu.GradeCallback([1, 2], order="sequential", seed=3, replay_weight=0.5)
+    history = distiller.fit(
+        x, y, epochs=3, batch_size=8, verbose=0, callbacks=[grades, _Curriculum()]
+    )
+    assert seen == [("sequential", 0.5, 3)] * 3
+    assert np.isfinite(history.history["loss"]).all()
+    # A later fit without the callback builds the default curriculum.
+    distiller.fit(x, y, epochs=1, batch_size=8, verbose=0, callbacks=[_Curriculum()])
+    assert seen[-1] == ("stratified", 1.0, 2)
+
+
+def test_a_weights_file_records_its_grade_and_loads_into_that_grade(tmp_path):
+    path = str(tmp_path / "graded.weights.h5")
+    saved = _distiller(grade=2)
+    saved.save_weights(path)
+    fresh = _distiller()
+    assert fresh.grade == 1
+    fresh.load_weights(path)
+    assert fresh.grade == 2
+    for a, b in zip(_values(saved.student.weights), _values(fresh.student.weights)):
+        np.testing.assert_array_equal(a, b)
+    # A file written by a plain keras.Model records no grade.
+    plain = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    plain.save_weights(str(tmp_path / "plain.weights.h5"))
+    from keras_edu import grade_switch
+
+    assert grade_switch.recorded_grade(str(tmp_path / "plain.weights.h5")) is None
+
+
 # --------------------------------------------------------------- kills at a grade switch
 
 

@@ -64,28 +64,6 @@ def test_flatten_layers_walks_nested_models():
     assert outer not in without_self
 
 
-def test_backup_metadata_is_none_before_any_backup_then_reads_it(tmp_path):
-    callback = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
-    assert internals.backup_metadata(callback) is None
-
-    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
-    model.compile("sgd", "mse")
-    x, y = np.zeros((4, 3), "float32"), np.zeros((4, 1), "float32")
-    model.fit(x, y, epochs=1, batch_size=2, callbacks=[callback], verbose=0)
-    # A completed fit deletes its backup; one saved mid-run is read back.
-    callback = keras.callbacks.BackupAndRestore(str(tmp_path / "b2"), save_freq=1)
-
-    class _Stop(keras.callbacks.Callback):
-        def on_train_batch_end(self, batch, logs=None):
-            if batch == 1:
-                raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        model.fit(x, y, epochs=2, batch_size=2, callbacks=[callback, _Stop()], verbose=0)
-    metadata = internals.backup_metadata(callback)
-    assert set(metadata) >= {"epoch", "batch"}
-
-
 def test_scale_loss_for_distribution_is_identity_off_a_strategy():
     loss = keras.ops.convert_to_tensor(3.0)
     assert float(internals.scale_loss_for_distribution(loss)) == pytest.approx(3.0)
