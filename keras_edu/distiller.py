@@ -15,8 +15,7 @@ from keras_edu.label_checks import StopOnBadLabels
 from keras_edu.routing import RoutingPlan
 from keras_edu.routing import check_curriculum_teachers
 from keras_edu.routing import distil_batch
-from keras_edu.routing import samples_each_teacher_teaches
-from keras_edu.student_loss import sparse_labels
+from keras_edu.student_loss import grade_columns
 from keras_edu.student_loss import student_cross_entropy
 from keras_edu.term_wiring import wiring_for
 from keras_edu.utils import check_positive
@@ -299,10 +298,7 @@ class Distiller(keras.Model):
             # not seen yet become -1 and always count as errors, so
             # `accuracy` is over all classes and `seen_accuracy` over the
             # classes seen so far.
-            y = ops.take(
-                ops.convert_to_tensor(self._plan.label_to_column),
-                sparse_labels(y, self.num_classes),
-            )
+            y = grade_columns(y, self._plan.label_to_column)
             correct = ops.cast(
                 ops.equal(ops.cast(ops.argmax(y_pred, axis=-1), "int32"), y),
                 "float32",
@@ -461,7 +457,7 @@ class Distiller(keras.Model):
         devices.check_devices_are_supported(self.graded_student is not None)
         checks.check_fit_inputs(x, y, batch_size, self)
         if self.cache_teachers:
-            x = self._with_cached_teacher_outputs(x, y)
+            x = teacher_cache.attach_for_fit(self, x, y)
         if self.graded_student is None:
             callbacks = list(callbacks or []) + [StopOnBadLabels(self.label_check)]
             return super().fit(
@@ -502,28 +498,6 @@ class Distiller(keras.Model):
         if self.graded_student is not None and grade is not None:
             self.set_grade(grade)
         super().load_weights(filepath, skip_mismatch=skip_mismatch, **kwargs)
-
-    def _with_cached_teacher_outputs(self, x, y):
-        """`x` with each sample's teacher outputs, computed once now."""
-        teacher_cache.check_cacheable(x)
-        rows = [None] * len(self.teachers)  # None: every sample
-        if self._wiring.cache_taught_rows_only and isinstance(y, (np.ndarray, list)):
-            # Each teacher runs on the samples it teaches at some grade. A
-            # term that reads every row of a branch (a batch scalar, such as
-            # AMTML's relational terms) keeps every row of every teacher.
-            grades = [None]
-            if self.graded_student is not None:
-                grades = range(1, self.graded_student.num_grades + 1)
-            plans = [self.routing_plan(g) for g in grades]
-            rows = samples_each_teacher_teaches(plans, y, len(self.teachers))
-        outputs, self.teacher_cache_seconds = teacher_cache.fill(
-            [self._wiring.cache_forward(k) for k in range(len(self.teachers))],
-            x,
-            None if self.cache_teachers is True else self.cache_teachers,
-            rows=rows,
-        )
-        self.teacher_cache_examples = [len(x) if r is None else len(r) for r in rows]
-        return teacher_cache.attach(x, outputs)
 
     def get_config(self):
         config = super().get_config()

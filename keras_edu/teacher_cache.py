@@ -19,6 +19,8 @@ import time
 import keras
 import numpy as np
 
+from keras_edu.routing import samples_each_teacher_teaches
+
 INPUTS = "inputs"
 TEACHER_OUTPUTS = "teacher_outputs"
 # Examples per teacher pass while the cache is filled.
@@ -103,6 +105,35 @@ def fill(forwards, x, directory=None, batch_size=FILL_BATCH_SIZE, rows=None):
                     store[chunk] = array
         outputs.append(keras.tree.pack_sequence_as(structure, stores))
     return outputs, time.perf_counter() - start
+
+
+def attach_for_fit(distiller, x, y):
+    """`x` with each sample's outputs of `distiller`'s teachers, computed now.
+
+    Each teacher runs on the samples it teaches at some grade of the
+    distiller's routing plans, unless the distillation term reads every row
+    of a branch (a batch scalar, such as AMTML's relational terms). Sets
+    `distiller.teacher_cache_seconds` and `teacher_cache_examples` (the
+    samples each teacher ran on).
+    """
+    check_cacheable(x)
+    num_teachers = len(distiller.teachers)
+    rows = [None] * num_teachers  # None: every sample
+    wiring = distiller._wiring
+    if wiring.cache_taught_rows_only and isinstance(y, (np.ndarray, list)):
+        graded = distiller.graded_student
+        grades = [None] if graded is None else range(1, graded.num_grades + 1)
+        plans = [distiller.routing_plan(g) for g in grades]
+        rows = samples_each_teacher_teaches(plans, y, num_teachers)
+    setting = distiller.cache_teachers
+    outputs, distiller.teacher_cache_seconds = fill(
+        [wiring.cache_forward(k) for k in range(num_teachers)],
+        x,
+        None if setting is True else setting,
+        rows=rows,
+    )
+    distiller.teacher_cache_examples = [len(x) if r is None else len(r) for r in rows]
+    return attach(x, outputs)
 
 
 def attach(x, outputs):

@@ -51,7 +51,7 @@ def specialists(counts=None, augment=False):
 
 def cached_batch(distiller, x, y=None):
     """`x` with its teacher outputs, as `fit` feeds a cached step."""
-    return distiller._with_cached_teacher_outputs(x, y)
+    return teacher_cache.attach_for_fit(distiller, x, y)
 
 
 def losses_live_and_cached(distiller, x, y):
