@@ -6,12 +6,14 @@ weights), initialise its new layers (`keras_edu.growth`), put it in the
 Distiller's place with the grade's routing plan, widen the curriculum of the
 running `fit`, rebuild the optimizer for the new variables and the train,
 test and predict functions. `fit_curriculum` is a graded `fit`, and
-`curriculum_for_fit` the data it starts on. Resuming: a graded distiller's weights file records its
-grade (`record_grade`), and `Distiller.load_weights` (so also
-`BackupAndRestore`) moves the student to that grade before the weights load;
-a backup written at the end of the epoch before a boundary holds the old
-grade's student, and the `GradeCallback` then grows it at the boundary
-exactly as an uninterrupted run does.
+`curriculum_for_fit` the data it starts on.
+
+Resuming: a graded distiller's weights file records its grade
+(`record_grade`), and `Distiller.load_weights` (so also `BackupAndRestore`)
+moves the student to that grade before the weights load; a backup written
+at the end of the epoch before a boundary holds the old grade's student,
+and the `GradeCallback` then grows it at the boundary exactly as an
+uninterrupted run does.
 
 Data flows one way: `GradeCallback` (or a user) calls
 `Distiller.set_grade`, which calls `switch_grade`, and gives its curriculum
