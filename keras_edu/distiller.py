@@ -16,6 +16,7 @@ from keras_edu.routing import RoutingPlan
 from keras_edu.routing import check_curriculum_teachers
 from keras_edu.routing import distil_batch
 from keras_edu.student_loss import grade_columns
+from keras_edu.student_loss import sparse_labels
 from keras_edu.student_loss import student_cross_entropy
 from keras_edu.term_wiring import wiring_for
 from keras_edu.utils import check_positive
@@ -298,7 +299,9 @@ class Distiller(keras.Model):
             # not seen yet become -1 and always count as errors, so
             # `accuracy` is over all classes and `seen_accuracy` over the
             # classes seen so far.
-            y = grade_columns(y, self._plan.label_to_column)
+            y = grade_columns(
+                sparse_labels(y, self.num_classes), self._plan.label_to_column
+            )
             correct = ops.cast(
                 ops.equal(ops.cast(ops.argmax(y_pred, axis=-1), "int32"), y),
                 "float32",

@@ -23,7 +23,7 @@ def student_cross_entropy(y, logits, sample_weight=None, label_to_column=None):
     """
     if label_to_column is not None:
         labels = sparse_labels(y, len(label_to_column))
-        columns = grade_columns(y, label_to_column)
+        columns = grade_columns(labels, label_to_column)
         seen = ops.cast(columns >= 0, "float32")
         cross_entropy = seen * ops.sparse_categorical_crossentropy(
             ops.maximum(columns, 0), logits, from_logits=True
@@ -46,9 +46,8 @@ def student_cross_entropy(y, logits, sample_weight=None, label_to_column=None):
     return labels, _weighted_mean(cross_entropy, sample_weight)
 
 
-def grade_columns(y, label_to_column):
-    """Each label's position in a grade's logits (-1: a class not seen yet)."""
-    labels = sparse_labels(y, len(label_to_column))
+def grade_columns(labels, label_to_column):
+    """Each class id's position in a grade's logits (-1: a class not seen yet)."""
     return ops.take(ops.convert_to_tensor(label_to_column), labels)
 
 
